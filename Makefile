@@ -1,0 +1,35 @@
+# The two commands a newcomer types:
+#   make demo   the main job on the embedded default: a real local control
+#               plane, a local sshd standing in for the VM, controller and agent
+#   make test   everything: unit, integration and end-to-end tests
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+.PHONY: demo test deps cluster build lint bench-tunnel bench-controller clean
+
+deps:
+	scripts/deps
+
+# Go-side binaries (etcd, kube-apiserver, kube-controller-manager, kubectl,
+# helm) from the Go module proxy; cached in ~/.cache/portplane.
+cluster: deps
+	scripts/cluster build
+
+build:
+	$(CARGO) build --workspace --locked --all-targets
+
+test: deps cluster build
+	$(CARGO) test --workspace --locked --no-fail-fast
+
+demo: deps cluster
+	$(CARGO) build --workspace --locked
+	$(CARGO) run --quiet --locked -p portplane-e2e --bin portplane-demo
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+clean:
+	scripts/cluster down || true
+	$(CARGO) clean

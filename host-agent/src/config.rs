@@ -1,0 +1,541 @@
+//! The agent's TOML config. Every section is optional; the defaults are the
+//! seed's contract (Colima's Lima ssh.config, `lima-colima`, the two operator
+//! forwards, the Talos node at 10.5.0.2).
+//!
+//! Loading checks everything a typo could break and names the file, the key
+//! and what was expected; nothing here touches the network.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message carries the line, the column, the key and what was
+    /// expected.
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: `{key}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// How this host shows up in OperatorPort status.
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default)]
+    pub ssh: SshSection,
+    /// A `[[forward]]` list, when given, replaces the default forwards.
+    #[serde(default = "default_forwards", rename = "forward")]
+    pub forwards: Vec<Forward>,
+    #[serde(default)]
+    pub kubeconfig: KubeconfigSection,
+    #[serde(default)]
+    pub talosconfig: TalosconfigSection,
+    pub controller: Option<ControllerSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSection {
+    /// OpenSSH client config, as for `ssh -F`. Re-read on every reconnect,
+    /// because Lima picks a new port on each VM start.
+    #[serde(default = "default_ssh_config")]
+    pub config: PathBuf,
+    /// Host alias in that config.
+    #[serde(default = "default_ssh_host")]
+    pub host: String,
+    /// Like `ServerAliveInterval`.
+    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Like `ServerAliveCountMax`: unanswered keepalives before reconnecting.
+    #[serde(default = "default_keepalive_count_max")]
+    pub keepalive_count_max: u32,
+    /// First reconnect delay; doubles per failure, with jitter, up to `max_backoff`.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How long a connection accepted during an outage waits for the new
+    /// session before it is closed.
+    #[serde(default = "default_connect_grace", with = "humantime_serde")]
+    pub outage_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// Operator port name: `kube-apiserver`, `talos-api`.
+    pub name: String,
+    /// Loopback address to listen on.
+    pub listen: SocketAddr,
+    /// `host:port` as reached from the SSH server.
+    pub target: Target,
+}
+
+/// `host:port`, the host a name or an address as the SSH server resolves it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeconfigSection {
+    /// `KUBECONFIG`, when set, wins over this.
+    #[serde(default = "default_kubeconfig_path")]
+    pub path: PathBuf,
+    /// Cluster name; `talosctl cluster create` renames re-creations
+    /// `<name>-1`, `<name>-2`, ... and the newest one is rewritten.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// The forward whose listen address becomes the cluster's server.
+    #[serde(default = "default_kube_forward")]
+    pub forward: String,
+    /// Write `insecure-skip-tls-verify: true` (and drop the CA): only when
+    /// the certificate cannot be verified on the loopback address.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    /// Remove contexts that point at a dead loopback port.
+    #[serde(default)]
+    pub prune_stale: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TalosconfigSection {
+    /// `TALOSCONFIG`, when set, wins over this.
+    #[serde(default = "default_talosconfig_path")]
+    pub path: PathBuf,
+    #[serde(default = "default_cluster")]
+    pub context: String,
+    #[serde(default = "default_talos_forward")]
+    pub forward: String,
+    #[serde(default = "default_talos_node")]
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    /// gRPC endpoint of portplane-controller.
+    pub endpoint: String,
+    pub token_file: Option<PathBuf>,
+    /// Where the last inventory is cached, so runtime ports are refused even
+    /// when the controller is away.
+    #[serde(default = "default_inventory_cache")]
+    pub inventory_cache: PathBuf,
+}
+
+impl AgentConfig {
+    /// Read, parse, expand `~` and validate `path`.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse `text` as if read from `path` (which only names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+        let mut config: AgentConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Parse {
+                path: path.into(),
+                source: Box::new(source),
+            })?;
+        config.expand_home(&home_dir());
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The forward named `name`.
+    pub fn forward(&self, name: &str) -> Option<&Forward> {
+        self.forwards.iter().find(|f| f.name == name)
+    }
+
+    fn expand_home(&mut self, home: &Path) {
+        for p in [
+            &mut self.ssh.config,
+            &mut self.kubeconfig.path,
+            &mut self.talosconfig.path,
+        ] {
+            *p = expand_tilde(p, home);
+        }
+        if let Some(c) = self.controller.as_mut() {
+            c.inventory_cache = expand_tilde(&c.inventory_cache, home);
+            if let Some(t) = c.token_file.as_mut() {
+                *t = expand_tilde(t, home);
+            }
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, problem: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            problem,
+        };
+        if self.forwards.is_empty() {
+            return Err(invalid(
+                "forward".into(),
+                "expected at least one [[forward]]".into(),
+            ));
+        }
+        for (i, f) in self.forwards.iter().enumerate() {
+            if f.name.is_empty() {
+                return Err(invalid(
+                    format!("forward[{i}].name"),
+                    "expected a non-empty name".into(),
+                ));
+            }
+            if !f.listen.ip().is_loopback() {
+                return Err(invalid(
+                    format!("forward[{i}].listen"),
+                    format!(
+                        "{} is not a loopback address; operator ports listen on loopback only \
+                         (127.0.0.0/8 or ::1), e.g. \"127.0.0.1:{}\"",
+                        f.listen,
+                        f.listen.port()
+                    ),
+                ));
+            }
+            if f.listen.port() == 0 {
+                return Err(invalid(
+                    format!("forward[{i}].listen"),
+                    "expected a fixed port, not 0".into(),
+                ));
+            }
+            if let Some(j) = self.forwards[..i].iter().position(|g| g.name == f.name) {
+                return Err(invalid(
+                    format!("forward[{i}].name"),
+                    format!("\"{}\" is also forward[{j}]; names must be unique", f.name),
+                ));
+            }
+            if let Some(j) = self.forwards[..i].iter().position(|g| g.listen == f.listen) {
+                return Err(invalid(
+                    format!("forward[{i}].listen"),
+                    format!("{} is also forward[{j}].listen", f.listen),
+                ));
+            }
+        }
+        for (key, name) in [
+            ("kubeconfig.forward", &self.kubeconfig.forward),
+            ("talosconfig.forward", &self.talosconfig.forward),
+        ] {
+            if self.forward(name).is_none() {
+                let known: Vec<&str> = self.forwards.iter().map(|f| f.name.as_str()).collect();
+                return Err(invalid(
+                    key.into(),
+                    format!("no [[forward]] named \"{name}\"; expected one of {known:?}"),
+                ));
+            }
+        }
+        if self.ssh.initial_backoff.is_zero() || self.ssh.initial_backoff > self.ssh.max_backoff {
+            return Err(invalid(
+                "ssh.initial_backoff".into(),
+                "expected a duration above zero and no larger than ssh.max_backoff".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        let mut config = AgentConfig {
+            name: default_name(),
+            ssh: SshSection::default(),
+            forwards: default_forwards(),
+            kubeconfig: KubeconfigSection::default(),
+            talosconfig: TalosconfigSection::default(),
+            controller: None,
+        };
+        config.expand_home(&home_dir());
+        config
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let expected = || format!("expected \"host:port\", e.g. \"10.5.0.2:6443\", got {s:?}");
+        let (host, port) = s.rsplit_once(':').ok_or_else(expected)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| expected())?;
+        if host.is_empty() || port == 0 {
+            return Err(expected());
+        }
+        Ok(Target {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for Target {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Default for SshSection {
+    fn default() -> Self {
+        SshSection {
+            config: default_ssh_config(),
+            host: default_ssh_host(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_count_max: default_keepalive_count_max(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            outage_grace: default_connect_grace(),
+        }
+    }
+}
+
+impl Default for KubeconfigSection {
+    fn default() -> Self {
+        KubeconfigSection {
+            path: default_kubeconfig_path(),
+            cluster: default_cluster(),
+            forward: default_kube_forward(),
+            insecure_skip_tls_verify: false,
+            prune_stale: false,
+        }
+    }
+}
+
+impl Default for TalosconfigSection {
+    fn default() -> Self {
+        TalosconfigSection {
+            path: default_talosconfig_path(),
+            context: default_cluster(),
+            forward: default_talos_forward(),
+            node: default_talos_node(),
+        }
+    }
+}
+
+/// `~` and `~/...` become the home directory; other paths are kept.
+pub fn expand_tilde(path: &Path, home: &Path) -> PathBuf {
+    match path.strip_prefix("~") {
+        Ok(rest) => home.join(rest),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+pub fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into())
+}
+fn default_ssh_config() -> PathBuf {
+    PathBuf::from("~/.colima/_lima/colima/ssh.config")
+}
+fn default_ssh_host() -> String {
+    "lima-colima".into()
+}
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_keepalive_count_max() -> u32 {
+    3
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_forwards() -> Vec<Forward> {
+    let forward = |name: &str, listen: [u8; 4], port: u16, target_port: u16| Forward {
+        name: name.into(),
+        listen: SocketAddr::from((listen, port)),
+        target: Target {
+            host: "10.5.0.2".into(),
+            port: target_port,
+        },
+    };
+    vec![
+        forward("kube-apiserver", [127, 0, 0, 1], 16443, 6443),
+        forward("talos-api", [127, 0, 0, 1], 15000, 50000),
+    ]
+}
+fn default_kubeconfig_path() -> PathBuf {
+    PathBuf::from("~/.kube/config")
+}
+fn default_talosconfig_path() -> PathBuf {
+    PathBuf::from("~/.talos/config")
+}
+fn default_cluster() -> String {
+    "joelclaw".into()
+}
+fn default_kube_forward() -> String {
+    "kube-apiserver".into()
+}
+fn default_talos_forward() -> String {
+    "talos-api".into()
+}
+fn default_talos_node() -> String {
+    "10.5.0.2".into()
+}
+fn default_inventory_cache() -> PathBuf {
+    PathBuf::from("~/.cache/portplane/inventory.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("/etc/portplane/agent.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_the_seed_contract() {
+        let c = parse("").unwrap();
+        assert_eq!(c.ssh.host, "lima-colima");
+        assert!(c.ssh.config.ends_with(".colima/_lima/colima/ssh.config"));
+        assert!(!c.ssh.config.starts_with("~"), "~ expanded");
+        let kube = c.forward("kube-apiserver").unwrap();
+        assert_eq!(kube.listen.to_string(), "127.0.0.1:16443");
+        assert_eq!(kube.target.to_string(), "10.5.0.2:6443");
+        let talos = c.forward("talos-api").unwrap();
+        assert_eq!(talos.listen.to_string(), "127.0.0.1:15000");
+        assert_eq!(talos.target.to_string(), "10.5.0.2:50000");
+        assert_eq!(c.talosconfig.node, "10.5.0.2");
+        assert!(c.controller.is_none());
+    }
+
+    #[test]
+    fn forward_list_replaces_the_defaults() {
+        let c = parse(
+            "[[forward]]\nname = \"kube-apiserver\"\nlisten = \"127.0.0.1:26443\"\ntarget = \"127.0.0.1:6443\"\n\
+             [talosconfig]\nforward = \"kube-apiserver\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.forwards.len(), 1);
+        assert_eq!(c.forwards[0].listen.port(), 26443);
+    }
+
+    #[test]
+    fn non_loopback_listen_is_refused_naming_file_and_key() {
+        let err = parse("[[forward]]\nname = \"kube-apiserver\"\nlisten = \"0.0.0.0:16443\"\ntarget = \"10.5.0.2:6443\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/portplane/agent.toml: `forward[0].listen`"),
+            "{err}"
+        );
+        assert!(err.contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_line_key_and_expectation() {
+        let err = parse("[ssh]\nhost = \"lima-colima\"\nkeepalive_count_max = \"three\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/portplane/agent.toml:"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("keepalive_count_max"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_not_ignored() {
+        let err = parse("[ssh]\nhots = \"lima-colima\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hots"), "{err}");
+    }
+
+    #[test]
+    fn bad_target_says_what_was_expected() {
+        let err =
+            parse("[[forward]]\nname = \"k\"\nlisten = \"127.0.0.1:1\"\ntarget = \"10.5.0.2\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("expected \\\"host:port\\\"") || err.contains("expected \"host:port\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rewrite_sections_must_name_a_forward() {
+        let err = parse("[kubeconfig]\nforward = \"kube\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`kubeconfig.forward`"), "{err}");
+        assert!(
+            err.contains("kube-apiserver"),
+            "lists the known forwards: {err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_listen_is_refused() {
+        let err = parse(
+            "[[forward]]\nname = \"kube-apiserver\"\nlisten = \"127.0.0.1:16443\"\ntarget = \"a:1\"\n\
+             [[forward]]\nname = \"talos-api\"\nlisten = \"127.0.0.1:16443\"\ntarget = \"a:2\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`forward[1].listen`"), "{err}");
+    }
+
+    #[test]
+    fn tilde_expands_only_at_the_start() {
+        let home = Path::new("/Users/joel");
+        assert_eq!(
+            expand_tilde(Path::new("~/.kube/config"), home),
+            home.join(".kube/config")
+        );
+        assert_eq!(
+            expand_tilde(Path::new("/tmp/~x"), home),
+            PathBuf::from("/tmp/~x")
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! portplane-agent: the operator tunnel, the kubeconfig/talosconfig
+//! rewrites, and the ownership rule (only operator ports are tunneled).
+
+pub mod config;
