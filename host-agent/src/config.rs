@@ -76,6 +76,11 @@ pub struct SshSection {
     /// session before it is closed.
     #[serde(default = "default_connect_grace", with = "humantime_serde")]
     pub outage_grace: Duration,
+    /// SSH sessions in the pool; connections are spread over them so
+    /// parallel transfers use more than one core. Defaults to the core count
+    /// (at most 4).
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -249,6 +254,12 @@ impl AgentConfig {
                 ));
             }
         }
+        if !(1..=32).contains(&self.ssh.sessions) {
+            return Err(invalid(
+                "ssh.sessions".into(),
+                format!("expected 1 to 32, got {}", self.ssh.sessions),
+            ));
+        }
         if self.ssh.initial_backoff.is_zero() || self.ssh.initial_backoff > self.ssh.max_backoff {
             return Err(invalid(
                 "ssh.initial_backoff".into(),
@@ -320,6 +331,7 @@ impl Default for SshSection {
             initial_backoff: default_initial_backoff(),
             max_backoff: default_max_backoff(),
             outage_grace: default_connect_grace(),
+            sessions: default_sessions(),
         }
     }
 }
@@ -385,7 +397,15 @@ fn default_initial_backoff() -> Duration {
     Duration::from_millis(100)
 }
 fn default_max_backoff() -> Duration {
-    Duration::from_secs(5)
+    // Lima's sshd is local: a refused connect is cheap, and a short cap keeps
+    // recovery under a second once the VM is back.
+    Duration::from_secs(1)
+}
+fn default_sessions() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
 }
 fn default_connect_grace() -> Duration {
     Duration::from_secs(10)

@@ -2,3 +2,7 @@
 //! rewrites, and the ownership rule (only operator ports are tunneled).
 
 pub mod config;
+pub mod ownership;
+pub mod run;
+pub mod ssh;
+pub mod tunnel;

@@ -63,11 +63,72 @@ enum Platform {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. }
-        | Command::Rewrite { .. }
-        | Command::Status { .. }
+        Command::Run { config } => run_agent(&config),
+        Command::Rewrite { config } => rewrite_once(&config),
+        Command::Status { .. }
         | Command::Doctor { .. }
         | Command::Install { .. }
         | Command::Uninstall => anyhow::bail!("not implemented in this build yet"),
+    }
+}
+
+/// `run`: load the config (a bad file exits non-zero naming file, key and
+/// expectation), then hold the tunnel on a multi-threaded runtime so the
+/// pool's sessions can use every core.
+fn run_agent(config: &std::path::Path) -> anyhow::Result<()> {
+    init_tracing();
+    let config = portplane_agent::config::AgentConfig::load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(portplane_agent::run::run(config))?;
+    Ok(())
+}
+
+/// `rewrite`: both files, each reported on its own line; exits non-zero
+/// (after trying both) when either is missing, malformed or unwritable.
+fn rewrite_once(config: &std::path::Path) -> anyhow::Result<()> {
+    use portplane_agent::rewrite::{self, Env};
+    let config = portplane_agent::config::AgentConfig::load(config)?;
+    let env = Env::from_process();
+    let mut failed = 0;
+    for result in [
+        rewrite::rewrite_kubeconfig(&config, &env),
+        rewrite::rewrite_talosconfig(&config, &env),
+    ] {
+        match result {
+            Ok(report) => {
+                println!("{report}");
+                for warning in &report.warnings {
+                    eprintln!("warning: {}: {warning}", report.path.display());
+                }
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        // The errors above say everything; exit without anyhow's report.
+        eprintln!("{failed} of 2 files not rewritten");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Logs to stderr: JSON when it is not a terminal (launchd, systemd, tests),
+/// human-readable otherwise; `RUST_LOG` filters (default `info`).
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
     }
 }

@@ -1,0 +1,120 @@
+//! `portplane-agent run`: check the ownership rule, bind every listener (or
+//! exit naming the port and its holder), then hold the SSH session pool and
+//! forward connections until SIGINT/SIGTERM. Nothing here waits for the
+//! controller or the kubeconfig rewrites.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::AgentConfig;
+use crate::ownership;
+use crate::ssh::client_config::SshEnv;
+use crate::ssh::session::{SessionTuning, supported_ciphers};
+use crate::tunnel::connection::{Buffered, Limits, Shared};
+use crate::tunnel::listener::{self, BindError};
+use crate::tunnel::pool::{Pool, PoolConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("every forward was refused:\n{0}")]
+    AllRefused(String),
+    #[error("cannot install the signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+pub async fn run(config: AgentConfig) -> Result<(), RunError> {
+    let forwards = allowed_forwards(&config)?;
+    let bound = listener::bind_all(&forwards).await?;
+    for (f, _) in &bound {
+        tracing::info!(forward = f.name, listen = %f.listen, target = %f.target, "listening");
+    }
+    let pool = Pool::start(pool_config(&config));
+    let shared = Arc::new(Shared {
+        pool,
+        outage_grace: config.ssh.outage_grace,
+        limits: Limits::default(),
+        buffered: Buffered::default(),
+    });
+    for (forward, listener) in bound {
+        tokio::spawn(listener::serve(shared.clone(), forward, listener));
+    }
+    tracing::info!(
+        forwards = forwards.len(),
+        "tunnel listening; ssh sessions connecting"
+    );
+    wait_for_shutdown().await.map_err(RunError::Signal)?;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+/// The forwards the ownership rule lets through; refused ones are logged.
+fn allowed_forwards(config: &AgentConfig) -> Result<Vec<crate::config::Forward>, RunError> {
+    let inventory = match config.controller.as_ref() {
+        Some(c) => match ownership::load_cache(&c.inventory_cache) {
+            Ok(inv) => inv,
+            // A broken cache must not take operator access down with it.
+            Err(error) => {
+                tracing::error!(%error, "ignoring the cached inventory");
+                None
+            }
+        },
+        None => None,
+    };
+    let Some(inventory) = inventory else {
+        return Ok(config.forwards.clone());
+    };
+    let mut allowed = Vec::new();
+    let mut refused = Vec::new();
+    for f in &config.forwards {
+        match ownership::refusal(f, &inventory) {
+            Some(why) => {
+                tracing::error!(forward = f.name, "{why}");
+                refused.push(why);
+            }
+            None => allowed.push(f.clone()),
+        }
+    }
+    if allowed.is_empty() {
+        return Err(RunError::AllRefused(refused.join("\n")));
+    }
+    Ok(allowed)
+}
+
+fn pool_config(config: &AgentConfig) -> PoolConfig {
+    PoolConfig {
+        ssh_config: config.ssh.config.clone(),
+        host_alias: config.ssh.host.clone(),
+        sessions: config.ssh.sessions,
+        tuning: SessionTuning {
+            keepalive_interval: config.ssh.keepalive_interval,
+            keepalive_count_max: config.ssh.keepalive_count_max,
+            handshake_timeout: Duration::from_secs(15),
+        },
+        initial_backoff: config.ssh.initial_backoff,
+        max_backoff: config.ssh.max_backoff,
+        env: SshEnv {
+            home: crate::config::home_dir(),
+            local_user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "root".into()),
+            default_ciphers: supported_ciphers(),
+        },
+    }
+}
+
+async fn wait_for_shutdown() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

@@ -1,0 +1,75 @@
+//! Binding every forward's listener up front (like `ExitOnForwardFailure`)
+//! and accepting connections for as long as the agent runs. Listeners do not
+//! depend on the SSH session: they stay bound through reconnects.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use super::connection::{self, Shared};
+use crate::config::Forward;
+
+#[derive(Debug, thiserror::Error)]
+#[error("forward \"{forward}\": cannot listen on {listen}: {source}{holder}")]
+pub struct BindError {
+    pub forward: String,
+    pub listen: std::net::SocketAddr,
+    pub source: std::io::Error,
+    /// ", held by pid 1234 (ssh)" when the holder was found.
+    pub holder: String,
+}
+
+/// Bind all listeners, or fail naming the first port that could not be bound.
+pub async fn bind_all(forwards: &[Forward]) -> Result<Vec<(Forward, TcpListener)>, BindError> {
+    let mut bound = Vec::new();
+    for f in forwards {
+        match TcpListener::bind(f.listen).await {
+            Ok(listener) => bound.push((f.clone(), listener)),
+            Err(source) => {
+                let holder = match source.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        super::port_holder::describe_holder(f.listen.port())
+                            .map(|h| format!(", held by {h}"))
+                            .unwrap_or_else(|| ", held by another process".into())
+                    }
+                    _ => String::new(),
+                };
+                return Err(BindError {
+                    forward: f.name.clone(),
+                    listen: f.listen,
+                    source,
+                    holder,
+                });
+            }
+        }
+    }
+    Ok(bound)
+}
+
+/// Accept forever; each connection gets its own task.
+pub async fn serve(shared: Arc<Shared>, forward: Forward, listener: TcpListener) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_FORWARD));
+    loop {
+        // Bounded connection count keeps total memory bounded too.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((client, _)) => {
+                let (shared, target, name) =
+                    (shared.clone(), forward.target.clone(), forward.name.clone());
+                tokio::spawn(async move {
+                    connection::forward(shared, client, target, name).await;
+                    drop(permit);
+                });
+            }
+            Err(error) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(forward = forward.name, %error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+const MAX_CONNECTIONS_PER_FORWARD: usize = 1024;

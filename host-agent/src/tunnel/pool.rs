@@ -1,0 +1,131 @@
+//! A small pool of SSH sessions to the same host, each kept alive by its own
+//! supervisor: keepalives detect a dead peer, the ssh config is re-read
+//! before every attempt (Lima picks a new port on each VM start), and
+//! reconnects back off exponentially with jitter. Connections are spread
+//! round-robin over the live sessions; during an outage they wait for one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use russh::client;
+use tokio::sync::watch;
+
+use super::backoff::{Backoff, jitter_seed};
+use crate::ssh::client_config::{SshEnv, resolve_file};
+use crate::ssh::session::{self, SessionTuning, TunnelHandler};
+
+pub type SshHandle = Arc<client::Handle<TunnelHandler>>;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub ssh_config: PathBuf,
+    pub host_alias: String,
+    pub sessions: usize,
+    pub tuning: SessionTuning,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub env: SshEnv,
+}
+
+pub struct Pool {
+    slots: Vec<watch::Receiver<Option<SshHandle>>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// Start one supervisor task per session slot.
+    pub fn start(config: PoolConfig) -> Arc<Pool> {
+        let config = Arc::new(config);
+        let mut slots = Vec::new();
+        for slot in 0..config.sessions.max(1) {
+            let (tx, rx) = watch::channel(None);
+            slots.push(rx);
+            tokio::spawn(supervise(config.clone(), slot, tx));
+        }
+        Arc::new(Pool {
+            slots,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Number of sessions currently up.
+    pub fn live_sessions(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.borrow().as_ref().is_some_and(|h| !h.is_closed()))
+            .count()
+    }
+
+    /// A live session, round-robin; waits up to `grace` when none is up.
+    pub async fn session(&self, grace: Duration) -> Option<SshHandle> {
+        let deadline = Instant::now() + grace;
+        loop {
+            let mut watchers = self.slots.clone();
+            for w in &mut watchers {
+                w.mark_unchanged();
+            }
+            if let Some(handle) = self.pick() {
+                return Some(handle);
+            }
+            let any_change =
+                futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+            let remaining = deadline.checked_duration_since(Instant::now())?;
+            if tokio::time::timeout(remaining, any_change).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn pick(&self) -> Option<SshHandle> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.slots.len();
+        (0..n).find_map(|i| {
+            let slot = self.slots[(start + i) % n].borrow();
+            slot.as_ref().filter(|h| !h.is_closed()).cloned()
+        })
+    }
+}
+
+async fn supervise(config: Arc<PoolConfig>, slot: usize, tx: watch::Sender<Option<SshHandle>>) {
+    let mut backoff = Backoff::new(
+        config.initial_backoff,
+        config.max_backoff,
+        jitter_seed(slot as u64),
+    );
+    loop {
+        let attempt = async {
+            let host = resolve_file(&config.ssh_config, &config.host_alias, &config.env)
+                .map_err(|e| e.to_string())?;
+            session::connect(&host, &config.tuning)
+                .await
+                .map(|s| (s, host))
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok((session, host)) => {
+                backoff.reset();
+                tracing::info!(
+                    slot,
+                    host = %host.hostname,
+                    port = host.port,
+                    "ssh session up"
+                );
+                let _ = tx.send(Some(Arc::new(session.handle)));
+                // Resolves when the session task ends and drops its handler.
+                let _ = session.closed.await;
+                let _ = tx.send(None);
+                tracing::warn!(slot, "ssh session lost; reconnecting");
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(slot, %error, retry_in = ?delay, "ssh connect failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}

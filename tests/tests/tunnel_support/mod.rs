@@ -1,0 +1,189 @@
+//! Shared by the tunnel_* tests: the real `portplane-agent run` under a Drop
+//! guard that kills it by pid, its config, and small loopback servers.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portplane_e2e::sshd::Sshd;
+use portplane_e2e::{free_port, workspace_bin};
+
+/// A running `portplane-agent run --config FILE`, killed and reaped on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Start the agent with `config` (TOML) written to `agent.toml`.
+    pub fn start(config: &str) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("portplane-agent-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(workspace_bin("portplane-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info,portplane_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Wait for the agent to exit by itself; its status, or None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Count of log lines containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait until the log shows `n` lines containing `needle`.
+    pub fn wait_log(&self, needle: &str, n: usize, timeout: Duration) {
+        wait_until(
+            timeout,
+            || self.log_count(needle) >= n,
+            || format!("agent log never had {n}x {needle:?}:\n{}", self.log()),
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An agent config for `sshd` with the given `(name, listen port, target)` forwards.
+pub fn config_for(sshd: &Sshd, forwards: &[(&str, u16, String)], extra: &str) -> String {
+    let mut text = format!(
+        "name = \"test\"\n{extra}\n[ssh]\nconfig = \"{}\"\nhost = \"{}\"\nkeepalive_interval = \"1s\"\nkeepalive_count_max = 3\n",
+        sshd.ssh_config_path().display(),
+        sshd.host_alias()
+    );
+    for (name, listen, target) in forwards {
+        text.push_str(&format!(
+            "\n[[forward]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{listen}\"\ntarget = \"{target}\"\n"
+        ));
+    }
+    let first = forwards[0].0;
+    text.push_str(&format!(
+        "\n[kubeconfig]\nforward = \"{first}\"\n[talosconfig]\nforward = \"{first}\"\n"
+    ));
+    text
+}
+
+pub fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A loopback echo server on its own threads; lives as long as the test.
+pub fn echo_server() -> u16 {
+    serve(|mut s| {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// A loopback server that sends `bytes` (or forever when None) to each client.
+pub fn source_server(bytes: Option<u64>) -> u16 {
+    serve(move |mut s| {
+        let buf = vec![0x5au8; 65536];
+        let mut sent = 0u64;
+        while bytes.is_none_or(|b| sent < b) {
+            let n = bytes.map_or(buf.len() as u64, |b| (b - sent).min(buf.len() as u64));
+            if s.write_all(&buf[..n as usize]).is_err() {
+                return;
+            }
+            sent += n;
+        }
+    })
+}
+
+fn serve(handle: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(stream));
+        }
+    });
+    port
+}
+
+/// Connect to 127.0.0.1:port, send `msg`, read it back; Err on any failure.
+pub fn echo_once(port: u16, msg: &[u8]) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)?;
+    if back != msg {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}
+
+/// Wait until an echo through the tunnel succeeds.
+pub fn wait_echo(agent: &Agent, port: u16, timeout: Duration) {
+    wait_until(
+        timeout,
+        || echo_once(port, b"ping").is_ok(),
+        || format!("no echo through 127.0.0.1:{port}:\n{}", agent.log()),
+    );
+}
+
+pub fn listen_port() -> u16 {
+    free_port().unwrap()
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
