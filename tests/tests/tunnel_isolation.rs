@@ -1,0 +1,111 @@
+//! One client that stops reading must not stall the others nor the session's
+//! keepalives; 200 concurrent connections all get through.
+
+mod tunnel_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use portplane_e2e::sshd::Sshd;
+use tunnel_support::{
+    Agent, config_for, echo_once, echo_server, listen_port, source_server, wait_echo,
+};
+
+#[test]
+fn stalled_reader_does_not_stall_an_active_transfer_or_keepalives() {
+    let sshd = Sshd::start().unwrap();
+    let endless = source_server(None);
+    let bulk = 256 * 1024 * 1024;
+    let finite = source_server(Some(bulk));
+    let echo = echo_server();
+    let (stall_port, bulk_port, echo_port) = (listen_port(), listen_port(), listen_port());
+    // One session: the stalled channel and the transfer share it.
+    let agent = Agent::start(
+        &config_for(
+            &sshd,
+            &[
+                ("stall", stall_port, format!("127.0.0.1:{endless}")),
+                ("bulk", bulk_port, format!("127.0.0.1:{finite}")),
+                ("echo", echo_port, format!("127.0.0.1:{echo}")),
+            ],
+            "",
+        )
+        .replace("[ssh]\n", "[ssh]\nsessions = 1\n"),
+    );
+    wait_echo(&agent, echo_port, Duration::from_secs(20));
+
+    // Connect and never read: the server keeps sending into the tunnel.
+    let stalled = TcpStream::connect(("127.0.0.1", stall_port)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut transfer = TcpStream::connect(("127.0.0.1", bulk_port)).unwrap();
+    transfer
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    while got < bulk {
+        match transfer.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => panic!("transfer stalled after {got} bytes: {e}\n{}", agent.log()),
+        }
+    }
+    assert_eq!(got, bulk, "the whole transfer arrived");
+
+    // Longer than keepalive_interval (1s) x keepalive_count_max (3): had the
+    // session loop been blocked, keepalives would have gone unanswered and
+    // the session would have been dropped and re-made.
+    std::thread::sleep(Duration::from_secs(5));
+    echo_once(echo_port, b"still here").unwrap();
+    assert_eq!(agent.log_count("ssh session lost"), 0, "{}", agent.log());
+    assert_eq!(agent.log_count("ssh session up"), 1, "{}", agent.log());
+    drop(stalled);
+}
+
+#[test]
+fn two_hundred_concurrent_connections() {
+    let sshd = Sshd::start().unwrap();
+    let echo = echo_server();
+    let port = listen_port();
+    let agent = Agent::start(&config_for(
+        &sshd,
+        &[("echo", port, format!("127.0.0.1:{echo}"))],
+        "",
+    ));
+    wait_echo(&agent, port, Duration::from_secs(20));
+
+    // All 200 open at once before any of them talks.
+    let mut conns: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(conns.len()));
+    let threads: Vec<_> = conns
+        .drain(..)
+        .enumerate()
+        .map(|(i, mut s)| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                barrier.wait();
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                let msg = format!("connection {i} ").repeat(1000).into_bytes();
+                s.write_all(&msg)?;
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back)?;
+                assert_eq!(back, msg, "connection {i} got someone else's bytes");
+                Ok(())
+            })
+        })
+        .collect();
+    let failures: Vec<String> = threads
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| match t.join() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{i}: {e}")),
+            Err(_) => Some(format!("{i}: panicked")),
+        })
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}\n{}", agent.log());
+}
