@@ -6,20 +6,24 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: demo test deps cluster build lint bench-tunnel bench-controller clean
+.PHONY: demo test prepare deps cluster build lint bench-tunnel bench-controller clean
 
 deps:
 	scripts/deps
 
 # Go-side binaries (etcd, kube-apiserver, kube-controller-manager, kubectl,
 # helm) from the Go module proxy; cached in ~/.cache/portplane.
-cluster: deps
+cluster:
 	scripts/cluster build
 
 build:
 	$(CARGO) build --workspace --locked --all-targets
 
-test: deps cluster build
+# The Go build waits on downloads much of the time: build both sides at once.
+prepare: deps
+	$(MAKE) --no-print-directory -j2 cluster build
+
+test: prepare
 	$(CARGO) test --workspace --locked --no-fail-fast
 
 demo: deps cluster
