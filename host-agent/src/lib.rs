@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod ownership;
+pub mod rewrite;
 pub mod run;
 pub mod ssh;
 pub mod tunnel;
