@@ -1,8 +1,10 @@
 //! `portplane-controller`: the in-cluster half of portplane.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use portplane_controller::config::Config;
 
 /// Publishes every exposed port of the cluster (Tailscale, LoadBalancer,
 /// NodePort, and the declared operator ports) as OperatorPort resources, so
@@ -17,20 +19,49 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (watches, OperatorPort writes, gRPC for host agents).
+    ///
+    /// Uses $KUBECONFIG, ~/.kube/config or the in-cluster service account.
+    /// Stops cleanly on SIGTERM/SIGINT, releasing its lease.
     Run {
         /// Controller config (YAML); defaults apply when omitted.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "PORTPLANE_CONTROLLER_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Print the OperatorPort CustomResourceDefinition as YAML.
+    /// Print the OperatorPort CustomResourceDefinition as YAML
+    /// (apply it with `portplane-controller crd | kubectl apply -f -`).
     Crd,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. } | Command::Crd => {
-            anyhow::bail!("not implemented in this build yet")
+        Command::Crd => {
+            print!("{}", portplane_controller::crd::crd_yaml()?);
+            Ok(())
         }
+        Command::Run { config } => {
+            init_tracing();
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(portplane_controller::runtime::run(config))?;
+            Ok(())
+        }
+    }
+}
+
+/// JSON logs when stderr is not a terminal (in a Pod); RUST_LOG filters.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
     }
 }

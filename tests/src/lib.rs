@@ -3,6 +3,7 @@
 //! paths of the workspace's own binaries.
 
 pub mod cluster;
+pub mod controller;
 pub mod sshd;
 
 use std::path::PathBuf;

@@ -1,0 +1,278 @@
+//! The controller's config (YAML). Every key is optional; the defaults are the
+//! seed's contract. Errors name the file, the key and what was expected.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The controller's configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Namespace of the Tailscale operator (where its proxy state Secrets live).
+    pub operator_namespace: String,
+    /// Tailnet domain ("tail1234.ts.net") used to predict FQDNs before Tailscale confirms them.
+    pub tailnet_domain: Option<String>,
+    /// Publish NodePort Services (reachable through Lima/Docker port maps).
+    pub node_ports: bool,
+    /// Only Services matching this label selector are inventoried (empty: all).
+    pub service_selector: String,
+    /// Value of the `portplane.dev/instance` label on owned objects; lets
+    /// several controllers share a cluster without touching each other's objects.
+    pub instance: String,
+    /// The ports the host agent owns.
+    pub operator_ports: Vec<OperatorPortConfig>,
+    /// Full resync period: reconcile even when no watch reported a change.
+    pub resync_seconds: u64,
+    /// Leader election.
+    pub lease: LeaseConfig,
+    /// Health, readiness and metrics listener.
+    pub http_listen: SocketAddr,
+    /// gRPC listener for host agents (PortInventory).
+    pub grpc_listen: SocketAddr,
+}
+
+/// One declared operator port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperatorPortConfig {
+    /// Object name, e.g. kube-apiserver.
+    pub name: String,
+    /// Loopback listen address of the agent, e.g. 127.0.0.1:16443.
+    pub local: SocketAddr,
+    /// Target as seen from the SSH server, "host:port".
+    pub target: String,
+}
+
+/// Lease-based leader election.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace; defaults to $POD_NAMESPACE, else "default".
+    pub namespace: Option<String>,
+    /// How long a leader holds the lease without renewing it.
+    pub duration_seconds: u32,
+    /// How often the leader renews (and a standby retries).
+    pub renew_seconds: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            operator_namespace: "tailscale".into(),
+            tailnet_domain: None,
+            node_ports: true,
+            service_selector: String::new(),
+            instance: "default".into(),
+            operator_ports: vec![
+                OperatorPortConfig {
+                    name: "kube-apiserver".into(),
+                    local: SocketAddr::from(([127, 0, 0, 1], 16443)),
+                    target: "10.5.0.2:6443".into(),
+                },
+                OperatorPortConfig {
+                    name: "talos-api".into(),
+                    local: SocketAddr::from(([127, 0, 0, 1], 15000)),
+                    target: "10.5.0.2:50000".into(),
+                },
+            ],
+            resync_seconds: 300,
+            lease: LeaseConfig::default(),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+        }
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            name: "portplane-controller".into(),
+            namespace: None,
+            duration_seconds: 15,
+            renew_seconds: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parse and validate config text; the error says which key is wrong.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| e.to_string())?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut names = BTreeSet::new();
+        let mut ports = BTreeSet::new();
+        for (i, port) in self.operator_ports.iter().enumerate() {
+            let key = format!("operatorPorts[{i}]");
+            if !crate::inventory::is_dns_subdomain(&port.name) {
+                return Err(format!(
+                    "{key}.name: expected a lowercase DNS name (letters, digits, '-', '.'), got {:?}",
+                    port.name
+                ));
+            }
+            if !names.insert(port.name.as_str()) {
+                return Err(format!("{key}.name: {:?} is declared twice", port.name));
+            }
+            if !port.local.ip().is_loopback() {
+                return Err(format!(
+                    "{key}.local: expected a loopback address (127.0.0.0/8 or ::1), got {}",
+                    port.local
+                ));
+            }
+            if !ports.insert(port.local.port()) {
+                return Err(format!(
+                    "{key}.local: port {} is declared twice",
+                    port.local.port()
+                ));
+            }
+            parse_target(&port.target)
+                .map_err(|e| format!("{key}.target: expected host:port, {e}"))?;
+        }
+        if self.lease.duration_seconds <= self.lease.renew_seconds || self.lease.renew_seconds == 0
+        {
+            return Err(format!(
+                "lease: expected 0 < renewSeconds < durationSeconds, got renewSeconds {} and durationSeconds {}",
+                self.lease.renew_seconds, self.lease.duration_seconds
+            ));
+        }
+        if self.resync_seconds == 0 {
+            return Err("resyncSeconds: expected a positive number of seconds".into());
+        }
+        if self.instance.is_empty() || !crate::inventory::is_dns_label(&self.instance) {
+            return Err(format!(
+                "instance: expected a DNS label (a label value), got {:?}",
+                self.instance
+            ));
+        }
+        if let Some(domain) = &self.tailnet_domain
+            && (domain.is_empty() || !domain.split('.').all(crate::inventory::is_dns_label))
+        {
+            return Err(format!(
+                "tailnetDomain: expected a DNS name such as tail1234.ts.net, got {domain:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lease namespace: config, then $POD_NAMESPACE, then "default".
+    pub fn lease_namespace(&self) -> String {
+        self.lease
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into())
+    }
+}
+
+/// Split "host:port" (IPv6 in brackets).
+pub fn parse_target(target: &str) -> Result<(String, u16), String> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok((addr.ip().to_string(), addr.port()));
+    }
+    let (host, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| format!("got {target:?} (no port)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("got {target:?} (port is not a number 1-65535)"))?;
+    if host.is_empty()
+        || host.parse::<IpAddr>().is_err() && !host.split('.').all(crate::inventory::is_dns_label)
+    {
+        return Err(format!("got {target:?} (host is not an IP or DNS name)"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_seed_contract() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.operator_ports[0].local.port(), 16443);
+        assert_eq!(config.operator_ports[1].target, "10.5.0.2:50000");
+        assert!(config.node_ports);
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let config = Config::parse(
+            "tailnetDomain: tail1234.ts.net\nnodePorts: false\noperatorPorts: []\nlease: {name: x, durationSeconds: 5, renewSeconds: 1}\n",
+        )
+        .unwrap();
+        assert_eq!(config.tailnet_domain.as_deref(), Some("tail1234.ts.net"));
+        assert!(!config.node_ports);
+        assert!(config.operator_ports.is_empty());
+        assert_eq!(config.lease.duration_seconds, 5);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("tailnetDomian: x.ts.net\n").unwrap_err();
+        assert!(err.contains("tailnetDomian"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_operator_port_is_refused() {
+        let err = Config::parse(
+            "operatorPorts:\n- {name: kube-apiserver, local: '0.0.0.0:16443', target: '10.5.0.2:6443'}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("operatorPorts[0].local") && err.contains("loopback"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_local_port_and_bad_target_are_refused() {
+        let err = Config::parse(
+            "operatorPorts:\n- {name: a, local: '127.0.0.1:1', target: 'h:1'}\n- {name: b, local: '127.0.0.1:1', target: 'h:2'}\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("operatorPorts[1].local"), "{err}");
+        let err = Config::parse("operatorPorts:\n- {name: a, local: '127.0.0.1:1', target: 'h'}\n")
+            .unwrap_err();
+        assert!(err.contains("operatorPorts[0].target"), "{err}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.yaml");
+        std::fs::write(&path, "nodePorts: maybe\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("controller.yaml") && err.contains("nodePorts"),
+            "{err}"
+        );
+    }
+}

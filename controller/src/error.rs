@@ -1,0 +1,28 @@
+use std::path::PathBuf;
+
+/// Every error the controller reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read controller config {path}: {source}")]
+    ConfigRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("controller config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot build the Kubernetes client config: {0}")]
+    KubeConfig(#[from] kube::config::InferConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("watch of {0} ended")]
+    WatchEnded(&'static str),
+    #[error("lease {0}: {1}")]
+    Lease(String, String),
+}

@@ -1,0 +1,240 @@
+//! One Service -> its OperatorPorts, with every exposure path and the
+//! problems visible from the Service alone.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::validate::{Finding, FindingKind};
+use super::{DesiredPort, HostPortReport, ProxyIndex, is_dns_label, object_name};
+use crate::config::Config;
+use crate::crd::{Exposure, ExposureKind, FqdnSource, OperatorPortSpec, Plane, ServiceRef};
+
+pub const EXPOSE_ANNOTATION: &str = "tailscale.com/expose";
+pub const HOSTNAME_ANNOTATION: &str = "tailscale.com/hostname";
+pub const TAGS_ANNOTATION: &str = "tailscale.com/tags";
+
+/// Values people write meaning "true" that the Tailscale operator ignores
+/// (it compares with the exact string "true").
+fn is_near_miss(value: &str) -> bool {
+    value != "true"
+        && matches!(
+            value.trim().to_ascii_lowercase().as_str(),
+            "true" | "yes" | "y" | "1" | "on" | "enabled" | "enable"
+        )
+}
+
+pub fn service_ports(
+    service: &Service,
+    proxies: &ProxyIndex,
+    host_ports: &[HostPortReport],
+    config: &Config,
+) -> Vec<(String, DesiredPort)> {
+    let (Some(namespace), Some(name), Some(spec)) = (
+        service.metadata.namespace.as_deref(),
+        service.metadata.name.as_deref(),
+        service.spec.as_ref(),
+    ) else {
+        return Vec::new();
+    };
+    let annotations = service.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let expose_value = annotation(EXPOSE_ANNOTATION);
+    let by_annotation = expose_value == Some("true");
+    let near_miss = expose_value.filter(|v| is_near_miss(v));
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let by_load_balancer =
+        type_ == "LoadBalancer" && spec.load_balancer_class.as_deref() == Some("tailscale");
+    let by_node_port = config.node_ports && type_ == "NodePort";
+    if !(by_annotation || by_load_balancer || by_node_port || near_miss.is_some()) {
+        return Vec::new();
+    }
+
+    let hostname = annotation(HOSTNAME_ANNOTATION)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{namespace}-{name}"));
+    let tags: Vec<String> = annotation(TAGS_ANNOTATION)
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let (fqdn, fqdn_source, tailnet_ips) =
+        reachable_name(service, namespace, name, &hostname, proxies, config);
+
+    let mut service_findings = Vec::new();
+    if let Some(value) = near_miss {
+        service_findings.push(Finding::new(
+            FindingKind::ExposeAnnotationIgnored,
+            format!(
+                "{EXPOSE_ANNOTATION} is {value:?}; Tailscale only exposes a Service when it is exactly \"true\", so it will not expose {namespace}/{name}"
+            ),
+        ));
+    }
+    let tailscale = by_annotation || by_load_balancer;
+    if tailscale && !is_dns_label(&hostname) {
+        service_findings.push(Finding::new(
+            FindingKind::InvalidHostname,
+            format!(
+                "tailnet hostname {hostname:?} is not one DNS label (1-63 letters, digits or '-', not starting or ending with '-'); Tailscale will not use it"
+            ),
+        ));
+    }
+    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
+    if by_annotation && cluster_ip == "None" {
+        service_findings.push(Finding::new(
+            FindingKind::HeadlessService,
+            format!("{namespace}/{name} is headless (clusterIP: None); Tailscale cannot expose a headless Service"),
+        ));
+    } else if by_annotation && cluster_ip.is_empty() {
+        service_findings.push(Finding::new(
+            FindingKind::NoClusterIP,
+            format!("{namespace}/{name} is exposed by annotation but has no ClusterIP for the Tailscale proxy to forward to"),
+        ));
+    }
+
+    let mut out = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
+        let node_port = port.node_port.filter(|p| *p > 0);
+        let mut exposures = Vec::new();
+        let tailscale_exposure = |kind| Exposure {
+            kind,
+            hostname: Some(hostname.clone()),
+            fqdn: fqdn.clone(),
+            fqdn_source,
+            tailnet_ips: tailnet_ips.clone(),
+            tags: tags.clone(),
+            host_port: None,
+        };
+        if by_annotation {
+            exposures.push(tailscale_exposure(ExposureKind::TailscaleService));
+        }
+        if by_load_balancer {
+            exposures.push(tailscale_exposure(ExposureKind::TailscaleLoadBalancer));
+        }
+        let mut host_port = None;
+        if by_node_port && let Some(node_port) = node_port {
+            host_port = host_ports
+                .iter()
+                .filter(|h| i32::from(h.container_port) == node_port && h.protocol == protocol)
+                .map(|h| i32::from(h.host_port))
+                .min();
+            exposures.push(Exposure {
+                kind: ExposureKind::NodePort,
+                hostname: None,
+                fqdn: None,
+                fqdn_source: None,
+                tailnet_ips: Vec::new(),
+                tags: Vec::new(),
+                host_port,
+            });
+        }
+        let endpoint = endpoint(&exposures, port.port, node_port, host_port);
+        let owner = owner(&exposures);
+        let spec = OperatorPortSpec {
+            plane: Plane::Runtime,
+            port: port.port,
+            protocol: protocol.clone(),
+            endpoint,
+            owner,
+            service: Some(ServiceRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
+            target_port: port.target_port.as_ref().map(|t| match t {
+                IntOrString::Int(i) => i.to_string(),
+                IntOrString::String(s) => s.clone(),
+            }),
+            node_port,
+            exposures,
+            local: None,
+            target: None,
+        };
+        out.push((
+            object_name(namespace, name, port.port, &protocol),
+            DesiredPort {
+                spec,
+                findings: service_findings.clone(),
+                agents: Vec::new(),
+            },
+        ));
+    }
+    out
+}
+
+/// FQDN and tailnet IPs: proxy state Secret, else LoadBalancer status, else
+/// predicted from the configured tailnet domain.
+fn reachable_name(
+    service: &Service,
+    namespace: &str,
+    name: &str,
+    hostname: &str,
+    proxies: &ProxyIndex,
+    config: &Config,
+) -> (Option<String>, Option<FqdnSource>, Vec<String>) {
+    if let Some(state) = proxies.get(&(namespace.to_string(), name.to_string()))
+        && let Some(fqdn) = &state.fqdn
+    {
+        return (
+            Some(fqdn.clone()),
+            Some(FqdnSource::ProxySecret),
+            state.ips.clone(),
+        );
+    }
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    if let Some(ingress) = ingress {
+        let fqdn = ingress.iter().find_map(|i| i.hostname.clone());
+        let ips: Vec<String> = ingress.iter().filter_map(|i| i.ip.clone()).collect();
+        if fqdn.is_some() || !ips.is_empty() {
+            let fqdn = fqdn.map(|f| f.trim_end_matches('.').to_string());
+            return (fqdn, Some(FqdnSource::LoadBalancerStatus), ips);
+        }
+    }
+    if let Some(domain) = &config.tailnet_domain {
+        return (
+            Some(format!("{hostname}.{domain}")),
+            Some(FqdnSource::Predicted),
+            Vec::new(),
+        );
+    }
+    (None, None, Vec::new())
+}
+
+fn endpoint(
+    exposures: &[Exposure],
+    port: i32,
+    node_port: Option<i32>,
+    host_port: Option<i32>,
+) -> Option<String> {
+    let tailscale = exposures.iter().find(|e| e.kind != ExposureKind::NodePort);
+    if let Some(e) = tailscale {
+        let host = e.fqdn.as_ref().or(e.hostname.as_ref())?;
+        return Some(format!("{host}:{port}"));
+    }
+    if let Some(host_port) = host_port {
+        return Some(format!("127.0.0.1:{host_port}"));
+    }
+    if exposures.iter().any(|e| e.kind == ExposureKind::NodePort) {
+        return node_port.map(|p| format!("node:{p}"));
+    }
+    None
+}
+
+fn owner(exposures: &[Exposure]) -> String {
+    let tailscale = exposures.iter().any(|e| e.kind != ExposureKind::NodePort);
+    let colima = exposures.iter().any(|e| e.kind == ExposureKind::NodePort);
+    match (tailscale, colima) {
+        (true, true) => "tailscale+colima",
+        (true, false) => "tailscale",
+        (false, true) => "colima",
+        (false, false) => "none",
+    }
+    .into()
+}

@@ -1,0 +1,139 @@
+//! Problems users would otherwise find the hard way, found across the whole
+//! inventory (hostname conflicts, runtime ports on operator ports).
+
+use std::collections::BTreeMap;
+
+use super::{Desired, HostPortReport};
+use crate::config::Config;
+use crate::crd::{ExposureKind, Plane};
+
+/// What is wrong; each kind is one condition type on the OperatorPort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FindingKind {
+    /// Two Services claim one tailnet hostname.
+    HostnameConflict,
+    /// The hostname is not one DNS label.
+    InvalidHostname,
+    /// A headless Service is marked for exposure.
+    HeadlessService,
+    /// A runtime port sits on an operator port's local port.
+    OperatorPortClash,
+    /// Exposed by annotation but the Service has no ClusterIP.
+    NoClusterIP,
+    /// tailscale.com/expose is set to something other than exactly "true".
+    ExposeAnnotationIgnored,
+}
+
+impl FindingKind {
+    /// The condition type (and Event reason).
+    pub fn condition_type(self) -> &'static str {
+        match self {
+            FindingKind::HostnameConflict => "HostnameConflict",
+            FindingKind::InvalidHostname => "InvalidHostname",
+            FindingKind::HeadlessService => "HeadlessService",
+            FindingKind::OperatorPortClash => "OperatorPortClash",
+            FindingKind::NoClusterIP => "NoClusterIP",
+            FindingKind::ExposeAnnotationIgnored => "ExposeAnnotationIgnored",
+        }
+    }
+}
+
+/// One problem, with a message a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(kind: FindingKind, message: String) -> Finding {
+        Finding { kind, message }
+    }
+}
+
+/// Add the findings that need the whole inventory.
+pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], config: &Config) {
+    // hostname -> the Services claiming it
+    let mut claims: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for port in desired.values() {
+        let Some(service) = &port.spec.service else {
+            continue;
+        };
+        let id = format!("{}/{}", service.namespace, service.name);
+        for e in &port.spec.exposures {
+            if e.kind == ExposureKind::NodePort {
+                continue;
+            }
+            if let Some(hostname) = &e.hostname {
+                let owners = claims.entry(hostname.to_ascii_lowercase()).or_default();
+                if !owners.contains(&id) {
+                    owners.push(id.clone());
+                }
+            }
+        }
+    }
+    let operator_ports: BTreeMap<i32, &str> = config
+        .operator_ports
+        .iter()
+        .map(|p| (i32::from(p.local.port()), p.name.as_str()))
+        .collect();
+
+    for port in desired.values_mut() {
+        if port.spec.plane != Plane::Runtime {
+            continue;
+        }
+        let Some(service) = port.spec.service.clone() else {
+            continue;
+        };
+        let id = format!("{}/{}", service.namespace, service.name);
+        let mut found = Vec::new();
+        for e in &port.spec.exposures {
+            let Some(hostname) = &e.hostname else {
+                continue;
+            };
+            let Some(owners) = claims.get(&hostname.to_ascii_lowercase()) else {
+                continue;
+            };
+            if owners.len() > 1 {
+                let others: Vec<&str> = owners
+                    .iter()
+                    .filter(|o| **o != id)
+                    .map(String::as_str)
+                    .collect();
+                found.push(super::Finding::new(
+                    FindingKind::HostnameConflict,
+                    format!(
+                        "tailnet hostname {hostname:?} is also claimed by {}; only one device can hold it",
+                        others.join(", ")
+                    ),
+                ));
+                break;
+            }
+        }
+        if port.spec.protocol == "TCP" {
+            if let Some(node_port) = port.spec.node_port
+                && let Some(op) = operator_ports.get(&node_port)
+            {
+                found.push(super::Finding::new(
+                    FindingKind::OperatorPortClash,
+                    format!("NodePort {node_port} is the local port of operator port {op}; the agent's tunnel and the runtime would both claim it"),
+                ));
+            }
+            for h in host_ports {
+                if h.protocol == "TCP"
+                    && Some(i32::from(h.container_port)) == port.spec.node_port
+                    && let Some(op) = operator_ports.get(&i32::from(h.host_port))
+                {
+                    found.push(super::Finding::new(
+                        FindingKind::OperatorPortClash,
+                        format!(
+                            "agent {} sees host port {} published for this port; it is the local port of operator port {op}",
+                            h.agent, h.host_port
+                        ),
+                    ));
+                }
+            }
+        }
+        port.findings.extend(found);
+    }
+}

@@ -1,0 +1,243 @@
+//! The I/O shell around the pure core: watches feed in-memory indexes, one
+//! loop reconciles the whole desired set against what exists, writes are
+//! gated by the lease.
+
+mod overlay;
+mod watches;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::{Notify, RwLock, watch};
+
+use crate::Error;
+use crate::config::Config;
+use crate::grpc::{self, AgentRegistry};
+use crate::inventory::{self, Desired, ProxyIndex};
+use crate::lease::LeaderElector;
+use crate::metrics::Metrics;
+use crate::reconcile::MANAGER;
+
+pub use watches::Stores;
+
+/// Shared by the runtime's tasks.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub stores: Stores,
+    pub leader: watch::Receiver<bool>,
+    pub trigger: Arc<Notify>,
+    pub agents: Arc<RwLock<AgentRegistry>>,
+    pub inventory: watch::Sender<Arc<Desired>>,
+    overlay: overlay::Overlay,
+    recorder: Recorder,
+}
+
+/// Run until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let client = Client::try_default().await?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let identity = identity();
+    let metrics = Arc::new(Metrics::default());
+    let trigger = Arc::new(Notify::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stores, watch_tasks) = watches::start(&client, &config, trigger.clone(), metrics.clone());
+
+    let (leader_tx, leader) = watch::channel(false);
+    let elector = LeaderElector::new(
+        client.clone(),
+        &config.lease_namespace(),
+        &config.lease.name,
+        &identity,
+        Duration::from_secs(u64::from(config.lease.duration_seconds)),
+        Duration::from_secs(u64::from(config.lease.renew_seconds)),
+    );
+    let lease_task = tokio::spawn(elector.run(leader_tx, shutdown.clone()));
+
+    let http = crate::http::serve(
+        config.http_listen,
+        ready.clone(),
+        metrics.clone(),
+        until(shutdown.clone()),
+    )
+    .await?;
+    let http_task = tokio::spawn(http);
+
+    let (inventory_tx, inventory_rx) = watch::channel(Arc::new(Desired::new()));
+    let agents = Arc::new(RwLock::new(AgentRegistry::default()));
+    let grpc = grpc::serve(
+        config.grpc_listen,
+        inventory_rx,
+        agents.clone(),
+        trigger.clone(),
+        until(shutdown.clone()),
+    )
+    .await?;
+    let grpc_task = tokio::spawn(grpc);
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        config,
+        metrics,
+        stores,
+        leader,
+        trigger,
+        agents,
+        inventory: inventory_tx,
+        overlay: overlay::Overlay::default(),
+        recorder,
+    });
+    tracing::info!(%identity, "started; waiting for watches to sync");
+    reconcile_loop(ctx, ready, shutdown).await;
+
+    for task in watch_tasks {
+        task.abort();
+    }
+    // The lease is released before exit so a standby takes over at once.
+    let _ = lease_task.await;
+    let _ = http_task.await;
+    let _ = grpc_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn reconcile_loop(
+    ctx: Arc<Context>,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = ctx.stores.wait_until_ready() => {}
+        _ = shutdown.wait_for(|s| *s) => return,
+    }
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("watches synced; ready");
+
+    let mut leader = ctx.leader.clone();
+    let mut resync = tokio::time::interval(Duration::from_secs(ctx.config.resync_seconds));
+    let mut failures = 0u32;
+    loop {
+        let retry_after = match reconcile_once(&ctx).await {
+            Ok(()) => {
+                failures = 0;
+                None
+            }
+            Err(e) => {
+                failures += 1;
+                ctx.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                tracing::warn!(error = %e, ?backoff, "reconcile failed; retrying");
+                Some(backoff)
+            }
+        };
+        let retry = async {
+            match retry_after {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctx.trigger.notified() => {
+                // Coalesce a burst of watch events into one pass.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ = resync.tick() => {}
+            _ = leader.changed() => {}
+            _ = retry => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Compute the desired set from the indexes; publish it to agents; when
+/// leading, write the difference.
+async fn reconcile_once(ctx: &Context) -> Result<(), Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+    let services = ctx.stores.services.state();
+    let proxies: ProxyIndex = ctx
+        .stores
+        .secrets
+        .state()
+        .iter()
+        .filter_map(|s| inventory::proxy_state(s))
+        .collect();
+    let reports = ctx.agents.read().await.reports();
+    let desired = inventory::desired_inventory(
+        services.iter().map(|s| s.as_ref()),
+        &proxies,
+        &reports,
+        &ctx.config,
+    );
+    ctx.metrics
+        .inventory_size
+        .store(desired.len() as u64, Ordering::Relaxed);
+    ctx.inventory.send_if_modified(|current| {
+        if **current == desired {
+            false
+        } else {
+            *current = Arc::new(desired.clone());
+            true
+        }
+    });
+    let leading = *ctx.leader.borrow();
+    ctx.metrics
+        .is_leader
+        .store(u64::from(leading), Ordering::Relaxed);
+    let result = if leading {
+        writer::write_difference(ctx, &desired).await
+    } else {
+        Ok(())
+    };
+    ctx.metrics
+        .last_reconcile_micros
+        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    result
+}
+
+/// Pod name (or host name) plus pid: unique per replica.
+fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()))
+        .unwrap_or_else(|_| "portplane-controller".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn until(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the controller");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The chart and the CRD: the chart's CRD is exactly what the controller
+//! derives from its types, the real helm lints and renders the chart, and the
+//! real API server accepts every object (`helm install`; no kubelet runs
+//! here, so nothing waits for Pods).
+
+use portplane_e2e::cluster::ControlPlane;
+use portplane_e2e::controller::{CRD_PATH, crd_from_binary};
+use portplane_e2e::repo_root;
+
+#[test]
+fn chart_crd_matches_the_controller_types() {
+    let derived = crd_from_binary();
+    let chart = std::fs::read_to_string(repo_root().join(CRD_PATH)).unwrap();
+    assert!(
+        derived == chart,
+        "{CRD_PATH} drifted from the Rust types; regenerate it:\n  cargo run -p portplane-controller -- crd > {CRD_PATH}"
+    );
+}
+
+#[test]
+fn helm_lint_and_template_render_every_object() {
+    let plane = ControlPlane::shared();
+    let chart = repo_root().join("charts/portplane");
+    let lint = plane.helm().arg("lint").arg(&chart).output().unwrap();
+    assert!(
+        lint.status.success(),
+        "helm lint: {}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+
+    let out = plane
+        .helm()
+        .args(["template", "pp", "-n", "portplane", "--include-crds"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    for kind in [
+        "kind: CustomResourceDefinition",
+        "kind: Deployment",
+        "kind: ServiceAccount",
+        "kind: ClusterRole\n",
+        "kind: ClusterRoleBinding",
+        "kind: Role\n",
+        "kind: ConfigMap",
+        "kind: Service\n",
+    ] {
+        assert!(
+            rendered.contains(kind),
+            "helm template lacks {kind:?}:\n{rendered}"
+        );
+    }
+    // The ConfigMap carries the lease namespace of the release and the
+    // operator ports of the seed's contract.
+    assert!(
+        rendered.contains("namespace: portplane\n      name:")
+            || rendered.contains("lease:\n      namespace: portplane"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("local: 127.0.0.1:16443"));
+}
+
+#[test]
+fn helm_install_is_accepted_by_the_api_server_and_explain_helps() {
+    let plane = ControlPlane::shared();
+    let chart = repo_root().join("charts/portplane");
+    // The Tailscale operator's namespace exists wherever the chart is useful;
+    // the chart grants read access to proxy state Secrets there.
+    plane
+        .kubectl_output(&["create", "namespace", "tailscale"])
+        .unwrap();
+    let out = plane
+        .helm()
+        .args(["install", "pp", "-n", "portplane", "--create-namespace"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let kinds = plane
+        .kubectl_output(&[
+            "get",
+            "deployment,serviceaccount,configmap,service",
+            "-n",
+            "portplane",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    for want in [
+        "deployment.apps/pp-controller",
+        "serviceaccount/pp-controller",
+        "configmap/pp-controller",
+        "service/pp-controller",
+    ] {
+        assert!(kinds.contains(want), "{want} missing:\n{kinds}");
+    }
+    plane
+        .kubectl_output(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "crd/operatorports.portplane.dev",
+            "--timeout",
+            "30s",
+        ])
+        .unwrap();
+    let explain = plane
+        .kubectl_output(&["explain", "operatorport.spec"])
+        .unwrap();
+    assert!(
+        explain.contains("plane") && explain.contains("Runtime"),
+        "{explain}"
+    );
+    let explain = plane
+        .kubectl_output(&["explain", "oport.spec.exposures.fqdnSource"])
+        .unwrap();
+    assert!(explain.contains("ProxySecret"), "{explain}");
+    // The service account may do what the controller needs and no more.
+    let can = |verb: &str, what: &str, ns: &str| {
+        let out = plane
+            .kubectl()
+            .args([
+                "auth",
+                "can-i",
+                verb,
+                what,
+                "-n",
+                ns,
+                "--as",
+                "system:serviceaccount:portplane:pp-controller",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    assert!(can("watch", "services", "default"));
+    assert!(can("patch", "operatorports.portplane.dev/status", ""));
+    assert!(can("watch", "secrets", "tailscale"));
+    assert!(
+        !can("get", "secrets", "default"),
+        "no Secret access outside the operator namespace"
+    );
+    assert!(can("update", "leases.coordination.k8s.io", "portplane"));
+    assert!(!can("delete", "services", "default"));
+}
