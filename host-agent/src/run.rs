@@ -40,6 +40,7 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     for (forward, listener) in bound {
         tokio::spawn(listener::serve(shared.clone(), forward, listener));
     }
+    tokio::spawn(crate::rewrite::keep_rewritten(config.clone()));
     tracing::info!(
         forwards = forwards.len(),
         "tunnel listening; ssh sessions connecting"

@@ -13,4 +13,4 @@ pub mod yaml;
 
 pub use apply::{Env, FileReport, rewrite_kubeconfig, rewrite_talosconfig};
 pub use error::RewriteError;
-pub use watch::keep_rewritten;
+pub use watch::{keep_rewritten, keep_rewritten_with};

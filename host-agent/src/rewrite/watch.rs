@@ -25,8 +25,12 @@ struct Stamp {
     inode: u64,
 }
 
+/// Runs until dropped; `KUBECONFIG`/`TALOSCONFIG` are read once, here.
 pub async fn keep_rewritten(config: AgentConfig) {
-    let env = Env::from_process();
+    keep_rewritten_with(config, Env::from_process()).await;
+}
+
+pub async fn keep_rewritten_with(config: AgentConfig, env: Env) {
     let mut seen: [Option<Vec<Option<Stamp>>>; 2] = [None, None];
     loop {
         for (which, last) in seen.iter_mut().enumerate() {

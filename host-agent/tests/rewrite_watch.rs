@@ -1,0 +1,90 @@
+//! `keep_rewritten` (what `run` spawns): never fatal, rewrites when a file
+//! appears or is rewritten by talosctl, and does not loop on its own writes.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use portplane_agent::config::AgentConfig;
+use portplane_agent::rewrite::{Env, keep_rewritten_with};
+
+fn fixture(name: &str) -> String {
+    fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    fs::metadata(p).unwrap().modified().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_on_appearance_and_on_talosctl_writes_without_looping() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = dir.path().join("kubeconfig");
+    let talos = dir.path().join("talosconfig");
+    let config = AgentConfig::parse(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[kubeconfig]\npath = \"{}\"\n[talosconfig]\npath = \"{}\"\n",
+            kube.display(),
+            talos.display()
+        ),
+    )
+    .unwrap();
+    // Both files missing, then one malformed: reported, never fatal.
+    let task = tokio::spawn(keep_rewritten_with(config, Env::default()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fs::write(&kube, "clusters: [\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!task.is_finished());
+    assert_eq!(
+        fs::read_to_string(&kube).unwrap(),
+        "clusters: [\n",
+        "malformed file untouched"
+    );
+
+    fs::write(&kube, fixture("kubeconfig.two-generations.yaml")).unwrap();
+    fs::write(&talos, fixture("talosconfig.two-generations.yaml")).unwrap();
+    let rewritten_kube = fixture("kubeconfig.two-generations.rewritten.yaml");
+    let rewritten_talos = fixture("talosconfig.two-generations.rewritten.yaml");
+    wait_for("both rewrites", Duration::from_secs(10), || {
+        fs::read_to_string(&kube).unwrap() == rewritten_kube
+            && fs::read_to_string(&talos).unwrap() == rewritten_talos
+    })
+    .await;
+
+    // talosctl merges a re-created cluster back in with its own endpoint.
+    let recreated = rewritten_talos.replace("    homelab:", "    joelclaw-2:\n        endpoints:\n            - 127.0.0.1:61000\n        nodes:\n            - 10.5.0.2\n    homelab:");
+    fs::write(&talos, &recreated).unwrap();
+    wait_for(
+        "the new generation rewritten",
+        Duration::from_secs(10),
+        || {
+            fs::read_to_string(&talos)
+                .unwrap()
+                .contains("    joelclaw-2:\n        endpoints:\n            - 127.0.0.1:15000\n")
+        },
+    )
+    .await;
+
+    // Settled: no further writes (our own write is not a reason to write).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (k, t) = (mtime(&kube), mtime(&talos));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!((mtime(&kube), mtime(&talos)), (k, t), "no rewrite loop");
+    assert!(!task.is_finished());
+    task.abort();
+}

@@ -1,0 +1,403 @@
+//! `portplane-agent run` rewrites a kubeconfig written by the real kubectl
+//! (two generations of `joelclaw`, as `talosctl cluster create` leaves them)
+//! and the real kubectl then reaches the real kube-apiserver through the
+//! agent's tunnel over the real sshd, with TLS verified. Concurrent kubectl
+//! writes survive; a re-created cluster generation is followed; a malformed
+//! kubeconfig is left alone while the tunnel still comes up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portplane_e2e::cluster::ControlPlane;
+use portplane_e2e::sshd::Sshd;
+use portplane_e2e::{free_port, workspace_bin};
+
+/// `portplane-agent run`, killed by pid and reaped on drop.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, config: &str) -> Agent {
+        let path = dir.join("agent.toml");
+        fs::write(&path, config).unwrap();
+        let log = dir.join("agent.log");
+        let child = Command::new(workspace_bin("portplane-agent"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("HOME", dir)
+            .env_remove("KUBECONFIG")
+            .env_remove("TALOSCONFIG")
+            .env("RUST_LOG", "info,portplane_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, agent: &Agent, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ok() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting for {what}\nagent log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The real kubectl on `kubeconfig`; Ok(stdout) or Err(stderr).
+fn kubectl(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cp.bindir().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A kubeconfig as `talosctl cluster create` leaves it after a re-create,
+/// written with `kubectl config`: `joelclaw` (dead port) and `joelclaw-1`
+/// (the VM's old published port, also dead now), with the harness's CA and
+/// admin credentials.
+fn user_kubeconfig(cp: &ControlPlane, path: &Path) {
+    let raw = |jsonpath: &str| {
+        cp.kubectl_output(&[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ])
+        .unwrap()
+    };
+    let ca = raw("{.clusters[0].cluster.certificate-authority-data}");
+    let cert = raw("{.users[0].user.client-certificate-data}");
+    let key = raw("{.users[0].user.client-key-data}");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    for generation in ["joelclaw", "joelclaw-1"] {
+        add_generation(cp, path, generation, &ca, &cert, &key);
+    }
+    kubectl(cp, path, &["config", "use-context", "admin@joelclaw-1"]).unwrap();
+}
+
+fn add_generation(cp: &ControlPlane, path: &Path, name: &str, ca: &str, cert: &str, key: &str) {
+    let dead = free_port().unwrap();
+    let user = format!("admin@{name}");
+    for args in [
+        vec![
+            "config".to_string(),
+            "set-cluster".into(),
+            name.into(),
+            format!("--server=https://127.0.0.1:{dead}"),
+        ],
+        vec![
+            "config".into(),
+            "set".into(),
+            format!("clusters.{name}.certificate-authority-data"),
+            ca.into(),
+        ],
+        vec![
+            "config".into(),
+            "set".into(),
+            format!("users.{user}.client-certificate-data"),
+            cert.into(),
+        ],
+        vec![
+            "config".into(),
+            "set".into(),
+            format!("users.{user}.client-key-data"),
+            key.into(),
+        ],
+        vec![
+            "config".into(),
+            "set-context".into(),
+            user.clone(),
+            format!("--cluster={name}"),
+            format!("--user={user}"),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kubectl(cp, path, &args).unwrap();
+    }
+}
+
+fn server_of(cp: &ControlPlane, kubeconfig: &Path, cluster: &str) -> String {
+    kubectl(
+        cp,
+        kubeconfig,
+        &[
+            "config",
+            "view",
+            "-o",
+            &format!("jsonpath={{.clusters[?(@.name==\"{cluster}\")].cluster.server}}"),
+        ],
+    )
+    .unwrap_or_default()
+}
+
+fn agent_config(
+    sshd: &Sshd,
+    kube_listen: u16,
+    talos_listen: u16,
+    apiserver: u16,
+    home: &Path,
+) -> String {
+    format!(
+        "name = \"test\"\n\
+         [ssh]\nconfig = \"{}\"\nhost = \"{}\"\n\
+         [[forward]]\nname = \"kube-apiserver\"\nlisten = \"127.0.0.1:{kube_listen}\"\ntarget = \"127.0.0.1:{apiserver}\"\n\
+         [[forward]]\nname = \"talos-api\"\nlisten = \"127.0.0.1:{talos_listen}\"\ntarget = \"127.0.0.1:{apiserver}\"\n\
+         [kubeconfig]\npath = \"{}\"\n\
+         [talosconfig]\npath = \"{}\"\n",
+        sshd.ssh_config_path().display(),
+        sshd.host_alias(),
+        home.join(".kube/config").display(),
+        home.join(".talos/config").display(),
+    )
+}
+
+const TALOSCONFIG: &str = "context: joelclaw-1\ncontexts:\n    joelclaw-1:\n        endpoints:\n            - 127.0.0.1:63325\n        ca: Y2E=\n        crt: Y3J0\n        key: a2V5\n";
+
+#[test]
+fn kubectl_reaches_the_apiserver_through_the_tunnel_with_the_rewritten_kubeconfig() {
+    let cp = ControlPlane::shared();
+    let apiserver = cp.apiserver_port().unwrap();
+    let sshd = Sshd::start().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join(".kube/config");
+    user_kubeconfig(cp, &kubeconfig);
+    fs::create_dir_all(home.path().join(".talos")).unwrap();
+    fs::write(home.path().join(".talos/config"), TALOSCONFIG).unwrap();
+    let (kube_listen, talos_listen) = (free_port().unwrap(), free_port().unwrap());
+    let agent = Agent::start(
+        home.path(),
+        &agent_config(&sshd, kube_listen, talos_listen, apiserver, home.path()),
+    );
+
+    let server = format!("https://127.0.0.1:{kube_listen}");
+    wait_until(
+        "the kubeconfig rewrite",
+        Duration::from_secs(20),
+        &agent,
+        || server_of(cp, &kubeconfig, "joelclaw-1") == server,
+    );
+    let text = fs::read_to_string(&kubeconfig).unwrap();
+    assert!(!text.contains("insecure-skip-tls-verify"), "{text}");
+    assert_eq!(
+        text.matches("certificate-authority-data:").count(),
+        2,
+        "CA kept: {text}"
+    );
+
+    // The real kubectl, current context admin@joelclaw-1, TLS verified.
+    let mut last = String::new();
+    wait_until(
+        "kubectl through the tunnel",
+        Duration::from_secs(30),
+        &agent,
+        || match kubectl(
+            cp,
+            &kubeconfig,
+            &["--request-timeout=5s", "get", "namespaces", "-o", "name"],
+        ) {
+            Ok(out) => out.lines().any(|l| l == "namespace/kube-system"),
+            Err(e) => {
+                last = e;
+                false
+            }
+        },
+    );
+    // Verification is really on: a name the certificate does not carry fails.
+    let err = kubectl(
+        cp,
+        &kubeconfig,
+        &[
+            "--request-timeout=5s",
+            "--tls-server-name=not-a-san.invalid",
+            "get",
+            "namespaces",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("x509") || err.contains("certificate"), "{err}");
+
+    // The dead older generation is reported, not pruned (not asked to).
+    wait_until("the stale report", Duration::from_secs(5), &agent, || {
+        agent.log().contains("admin@joelclaw;")
+    });
+    assert!(text.contains("name: admin@joelclaw\n"));
+
+    let talos = fs::read_to_string(home.path().join(".talos/config")).unwrap();
+    assert_eq!(
+        talos,
+        TALOSCONFIG.replace(
+            "- 127.0.0.1:63325\n",
+            &format!("- 127.0.0.1:{talos_listen}\n        nodes:\n            - 10.5.0.2\n")
+        )
+    );
+
+    // kubectl writes the file while the agent watches it: every write
+    // succeeds (the agent holds kubectl's lock only to write, and has nothing
+    // to write) and survives.
+    for i in 0..15 {
+        kubectl(
+            cp,
+            &kubeconfig,
+            &[
+                "config",
+                "set-context",
+                &format!("extra-{i}"),
+                "--cluster=joelclaw-1",
+                "--namespace=kube-system",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("kubectl config write {i} failed: {e}"));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let contexts = kubectl(cp, &kubeconfig, &["config", "get-contexts", "-o", "name"]).unwrap();
+    for i in 0..15 {
+        assert!(
+            contexts.lines().any(|l| l == format!("extra-{i}")),
+            "extra-{i} lost: {contexts}"
+        );
+    }
+    assert_eq!(server_of(cp, &kubeconfig, "joelclaw-1"), server);
+
+    // talosctl re-creates the cluster: `joelclaw-2` appears; it is followed.
+    let raw = |jsonpath: &str| {
+        cp.kubectl_output(&[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ])
+        .unwrap()
+    };
+    add_generation(
+        cp,
+        &kubeconfig,
+        "joelclaw-2",
+        &raw("{.clusters[0].cluster.certificate-authority-data}"),
+        &raw("{.users[0].user.client-certificate-data}"),
+        &raw("{.users[0].user.client-key-data}"),
+    );
+    wait_until(
+        "the new generation rewritten",
+        Duration::from_secs(15),
+        &agent,
+        || server_of(cp, &kubeconfig, "joelclaw-2") == server,
+    );
+    let out = kubectl(
+        cp,
+        &kubeconfig,
+        &[
+            "--context=admin@joelclaw-2",
+            "--request-timeout=5s",
+            "get",
+            "namespaces",
+            "-o",
+            "name",
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("namespace/default"), "{out}");
+
+    // Settled: no rewrite loop.
+    let mtime = || fs::metadata(&kubeconfig).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let settled = mtime();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        mtime(),
+        settled,
+        "kubeconfig rewritten again without a change"
+    );
+}
+
+#[test]
+fn a_malformed_kubeconfig_is_left_alone_and_the_tunnel_still_comes_up() {
+    let cp = ControlPlane::shared();
+    let apiserver = cp.apiserver_port().unwrap();
+    let sshd = Sshd::start().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join(".kube/config");
+    fs::create_dir_all(kubeconfig.parent().unwrap()).unwrap();
+    let broken = "apiVersion: v1\nclusters:\n- cluster:\n    server: https://127.0.0.1:1\n  name: [joelclaw\n";
+    fs::write(&kubeconfig, broken).unwrap();
+    // No talosconfig at all.
+    let kube_listen = free_port().unwrap();
+    let agent = Agent::start(
+        home.path(),
+        &agent_config(
+            &sshd,
+            kube_listen,
+            free_port().unwrap(),
+            apiserver,
+            home.path(),
+        ),
+    );
+    wait_until(
+        "the rewrite warnings",
+        Duration::from_secs(20),
+        &agent,
+        || {
+            let log = agent.log();
+            log.contains("config not rewritten")
+                && log.contains(".talos/config: does not exist")
+                && log.contains(".kube/config:5")
+        },
+    );
+    let server = format!("https://127.0.0.1:{kube_listen}");
+    wait_until(
+        "kubectl through the tunnel",
+        Duration::from_secs(30),
+        &agent,
+        || {
+            cp.kubectl()
+                .args([
+                    "--server",
+                    &server,
+                    "--request-timeout=5s",
+                    "get",
+                    "namespaces",
+                    "-o",
+                    "name",
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    );
+    assert_eq!(fs::read_to_string(&kubeconfig).unwrap(), broken);
+    let names: Vec<_> = fs::read_dir(kubeconfig.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "no backup, lock or temp file: {names:?}");
+}
