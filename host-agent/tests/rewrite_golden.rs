@@ -58,6 +58,15 @@ fn kubeconfig_newest_generation_gets_the_forward_and_keeps_its_ca() {
     );
     assert_eq!(out.report.stale, ["admin@joelclaw"]);
     assert!(out.report.pruned.is_empty());
+    // The fixture's current-context is still the old generation's.
+    assert!(
+        out.report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("current-context \"admin@joelclaw\" uses an older generation")),
+        "{:?}",
+        out.report.warnings
+    );
     golden("kubeconfig.two-generations.rewritten.yaml", &out.text);
     // Exactly one line differs.
     let diff: Vec<_> = before
@@ -117,6 +126,7 @@ fn kubeconfig_prunes_the_dead_generation_only_when_asked() {
     };
     let out = kubeconfig::rewrite(&before, &target, &mut dead_63324).unwrap();
     assert_eq!(out.report.pruned, ["admin@joelclaw"]);
+    assert!(out.report.warnings.is_empty(), "{:?}", out.report.warnings);
     golden("kubeconfig.two-generations.pruned.yaml", &out.text);
     assert!(!out.text.contains("name: admin@joelclaw\n"));
     assert!(!out.text.contains("name: joelclaw\n"));
@@ -155,6 +165,14 @@ fn talosconfig_newest_context_gets_endpoint_and_node() {
     assert_eq!(out.report.context, "joelclaw-1");
     assert_eq!(out.report.previous_endpoints, ["127.0.0.1:63325"]);
     golden("talosconfig.two-generations.rewritten.yaml", &out.text);
+    assert!(out.report.warnings.is_empty());
+    let old_current = before.replace("context: joelclaw-1\n", "context: joelclaw\n");
+    let warned = talosconfig::rewrite(&old_current, &target).unwrap();
+    assert!(
+        warned.report.warnings[0].contains("\"joelclaw\" is an older generation"),
+        "{:?}",
+        warned.report.warnings
+    );
     let again = talosconfig::rewrite(&out.text, &target).unwrap();
     assert!(!again.changed);
     assert_eq!(again.text, out.text);

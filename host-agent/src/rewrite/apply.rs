@@ -180,7 +180,7 @@ pub fn rewrite_talosconfig(config: &AgentConfig, env: &Env) -> Result<FileReport
             target.endpoint,
             target.node
         ),
-        warnings: Vec::new(),
+        warnings: report.warnings,
     })
 }
 

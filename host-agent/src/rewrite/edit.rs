@@ -5,18 +5,9 @@
 
 use std::ops::Range;
 
+pub use super::path::{Step, at, key};
+use super::path::{resolve, resolve_mut};
 use super::yaml::{self, Kind, Node, YamlError};
-
-/// One step from a node to a child: a mapping key or a sequence index.
-#[derive(Debug, Clone)]
-pub enum Step {
-    Key(String),
-    Index(usize),
-}
-
-pub fn key(k: &str) -> Step {
-    Step::Key(k.to_string())
-}
 
 /// The value of a new mapping entry.
 pub enum NewValue {
@@ -370,38 +361,6 @@ impl<'t> Editor<'t> {
     }
 }
 
-pub fn resolve<'n>(root: &'n Node, path: &[Step]) -> Result<&'n Node, YamlError> {
-    let mut node = root;
-    for step in path {
-        node = match step {
-            Step::Key(k) => node.get(k),
-            Step::Index(i) => node.items().and_then(|items| items.get(*i)),
-        }
-        .ok_or_else(|| at(node, &format!("internal: no {step:?} here")))?;
-    }
-    Ok(node)
-}
-
-fn resolve_mut<'n>(root: &'n mut Node, path: &[Step]) -> Result<&'n mut Node, YamlError> {
-    let mut node = root;
-    for step in path {
-        let (line, col) = (node.line, node.col);
-        let next = match (step, &mut node.kind) {
-            (Step::Key(k), Kind::Map { entries, .. }) => entries
-                .iter_mut()
-                .find(|(key, _)| key.as_str() == Some(k.as_str()))
-                .map(|(_, v)| v),
-            (Step::Index(i), Kind::Seq { items, .. }) => items.get_mut(*i),
-            _ => None,
-        };
-        node = next.ok_or_else(|| YamlError {
-            line,
-            problem: format!("internal: no {step:?} at column {col}"),
-        })?;
-    }
-    Ok(node)
-}
-
 fn scalar(value: &str, plain: bool) -> Node {
     Node {
         kind: Kind::Scalar {
@@ -411,13 +370,6 @@ fn scalar(value: &str, plain: bool) -> Node {
         span: 0..0,
         line: 0,
         col: 0,
-    }
-}
-
-pub fn at(node: &Node, problem: &str) -> YamlError {
-    YamlError {
-        line: node.line,
-        problem: problem.to_string(),
     }
 }
 
@@ -439,93 +391,5 @@ fn line_of(text: &str, pos: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn edit(
-        text: &str,
-        f: impl FnOnce(&mut Editor) -> Result<(), YamlError>,
-    ) -> Result<String, YamlError> {
-        let root = yaml::parse(text).unwrap().unwrap();
-        let mut e = Editor::new(text, root);
-        f(&mut e)?;
-        e.finish()
-    }
-
-    #[test]
-    fn scalar_replacement_keeps_comments_and_quotes_elsewhere() {
-        let text = "# head\na:\n  b: old # why\n  c: \"q\"\n";
-        let out = edit(text, |e| e.set_scalar(&[key("a"), key("b")], "new", false)).unwrap();
-        assert_eq!(out, "# head\na:\n  b: new # why\n  c: \"q\"\n");
-    }
-
-    #[test]
-    fn lists_in_block_and_flow_style() {
-        let text = "e:\n    - a\n    - b\nf: [x]\ng:\nh: 1\n";
-        let out = edit(text, |e| {
-            e.set_list(&[key("e")], &["z".into()])?;
-            e.set_list(&[key("f")], &["u".into(), "w".into()])?;
-            e.set_list(&[key("g")], &["v".into()])
-        })
-        .unwrap();
-        assert_eq!(out, "e:\n    - z\nf: [u, w]\ng: [v]\nh: 1\n");
-    }
-
-    #[test]
-    fn insert_and_remove_entries() {
-        let text = "- b: 1\n  c: 2\n  d:\n    - x\n";
-        let out = edit(text, |e| {
-            e.insert_entry(
-                &[Step::Index(0)],
-                "a",
-                NewValue::String("0".into()),
-                Place::First,
-            )?;
-            e.insert_entry(
-                &[Step::Index(0)],
-                "e",
-                NewValue::Literal("true".into()),
-                Place::After("d"),
-            )?;
-            e.insert_entry(
-                &[Step::Index(0)],
-                "f",
-                NewValue::List(vec!["1.2.3.4".into()]),
-                Place::After("e"),
-            )?;
-            e.remove_entry(&[Step::Index(0)], "c")
-        })
-        .unwrap();
-        assert_eq!(
-            out,
-            "- b: 1\n  a: \"0\"\n  d:\n    - x\n  e: true\n  f:\n    - 1.2.3.4\n"
-        );
-        let out = edit("- b: 1\n  c: 2\n", |e| {
-            e.remove_entry(&[Step::Index(0)], "b")
-        })
-        .unwrap();
-        assert_eq!(out, "- c: 2\n");
-    }
-
-    #[test]
-    fn remove_list_items() {
-        let text = "l:\n- name: a\n  x: 1\n- name: b\n# keep\n- name: c\n";
-        let out = edit(text, |e| {
-            e.remove_item(&[key("l")], 2)?;
-            e.remove_item(&[key("l")], 0)
-        })
-        .unwrap();
-        assert_eq!(out, "l:\n- name: b\n# keep\n");
-    }
-
-    #[test]
-    fn a_splice_that_changes_structure_is_refused() {
-        // A value continued on the next line: replacing the first line only
-        // would leave the rest; the verification catches it.
-        let text = "a:\n  b: one\n    two\n  c: 1\n";
-        let root = yaml::parse(text).unwrap().unwrap();
-        let mut e = Editor::new(text, root);
-        e.splices.push((7..10, "x: y".into()));
-        assert!(e.finish().is_err());
-    }
-}
+#[path = "edit_tests.rs"]
+mod tests;

@@ -174,6 +174,15 @@ pub fn rewrite(
         )?;
     }
 
+    if let Some(current) = current_elsewhere(&config, chosen, &target.cluster)
+        && !report.pruned.iter().any(|p| p == current)
+    {
+        report.warnings.push(format!(
+            "current-context \"{current}\" uses an older generation, not cluster \"{}\"; \
+             `kubectl config use-context` a context of \"{}\"",
+            chosen.name, chosen.name
+        ));
+    }
     let changed = editor.changed();
     let text = editor.finish()?;
     Ok(Edited {
@@ -181,6 +190,20 @@ pub fn rewrite(
         changed,
         report,
     })
+}
+
+/// The current context, when it belongs to `base`'s family but uses
+/// another cluster than the rewritten one (after a re-create).
+fn current_elsewhere<'n>(
+    config: &Kubeconfig<'n>,
+    chosen: &Entry<'n>,
+    base: &str,
+) -> Option<&'n str> {
+    let current = config.root.get("current-context")?.as_str()?;
+    let context = config.contexts.iter().find(|c| c.name == current)?;
+    let cluster = context.body.get("cluster")?.as_str()?;
+    let family = generation(current, base).is_some() || generation(cluster, base).is_some();
+    (family && cluster != chosen.name).then_some(current)
 }
 
 /// Remove the stale contexts, and the clusters and users only they used.

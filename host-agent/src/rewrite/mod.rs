@@ -7,6 +7,7 @@ pub mod edit;
 pub mod error;
 pub mod kubeconfig;
 pub mod names;
+pub mod path;
 pub mod talosconfig;
 pub mod watch;
 pub mod yaml;

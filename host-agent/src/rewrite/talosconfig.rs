@@ -23,6 +23,7 @@ pub struct TalosTarget {
 pub struct TalosReport {
     pub context: String,
     pub previous_endpoints: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 pub fn rewrite(text: &str, target: &TalosTarget) -> Result<Edited<TalosReport>, YamlError> {
@@ -102,6 +103,16 @@ pub fn rewrite(text: &str, target: &TalosTarget) -> Result<Edited<TalosReport>, 
             Place::After("endpoints"),
         )?,
     }
+    let mut warnings = Vec::new();
+    if let Some(current) = root.get("context").and_then(Node::as_str)
+        && current != name
+        && generation(current, &target.context).is_some()
+    {
+        warnings.push(format!(
+            "context: \"{current}\" is an older generation; talosctl uses it, not the rewritten \"{name}\" \
+             (`talosctl config context {name}`)"
+        ));
+    }
     let changed = editor.changed();
     Ok(Edited {
         text: editor.finish()?,
@@ -109,6 +120,7 @@ pub fn rewrite(text: &str, target: &TalosTarget) -> Result<Edited<TalosReport>, 
         report: TalosReport {
             context: name.to_string(),
             previous_endpoints,
+            warnings,
         },
     })
 }
