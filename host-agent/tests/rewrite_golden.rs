@@ -213,3 +213,25 @@ fn section<'t>(text: &'t str, marker: &str) -> &'t str {
     let start = text[..end].rfind("\n- ").unwrap();
     &text[start..end]
 }
+
+#[test]
+fn a_json_kubeconfig_stays_json() {
+    // kubectl reads JSON kubeconfigs too (they are YAML flow style).
+    let before = r#"{
+  "apiVersion": "v1",
+  "kind": "Config",
+  "clusters": [
+    {"name": "joelclaw", "cluster": {"server": "https://127.0.0.1:63324", "certificate-authority-data": "Y2E="}}
+  ],
+  "contexts": [{"name": "admin@joelclaw", "context": {"cluster": "joelclaw", "user": "admin@joelclaw"}}],
+  "users": [{"name": "admin@joelclaw", "user": {"token": "t"}}]
+}
+"#;
+    let out = kubeconfig::rewrite(before, &kube_target(), &mut |_: &str, _: u16| false).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+    assert_eq!(
+        json["clusters"][0]["cluster"]["server"],
+        "https://127.0.0.1:16443"
+    );
+    assert_eq!(out.text, before.replace("63324", "16443"));
+}

@@ -55,8 +55,12 @@ impl<'t> Editor<'t> {
         literal: bool,
     ) -> Result<(), YamlError> {
         let node = resolve(&self.original, path)?;
+        let was_quoted = matches!(node.kind, Kind::Scalar { plain: false, .. });
         let (text, plain) = if literal {
             (value.to_string(), true)
+        } else if was_quoted {
+            // Keep the quoting, so a JSON kubeconfig stays JSON.
+            (yaml::double_quoted(value), false)
         } else {
             yaml::render_string(value)
         };

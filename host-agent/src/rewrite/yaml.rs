@@ -250,11 +250,13 @@ pub fn render_string(value: &str) -> (String, bool) {
     if plain_is_string(value) {
         (value.to_string(), true)
     } else {
-        (
-            serde_json::Value::String(value.to_string()).to_string(),
-            false,
-        )
+        (double_quoted(value), false)
     }
+}
+
+/// `value` as a double-quoted scalar (JSON string escapes are valid YAML).
+pub fn double_quoted(value: &str) -> String {
+    serde_json::Value::String(value.to_string()).to_string()
 }
 
 fn plain_is_string(s: &str) -> bool {
