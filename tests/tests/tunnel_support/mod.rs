@@ -1,6 +1,7 @@
 //! Shared by the tunnel_* tests: the real `portplane-agent run` under a Drop
 //! guard that kills it by pid, its config, and small loopback servers.
-#![allow(dead_code)]
+// Test helpers: a failed setup panics the test that called it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,330 @@
+//! Tunnel benchmark: `portplane-agent run` (release build) against OpenSSH
+//! `ssh -F <same ssh.config> -o ControlMaster=no -N -L ...`, side by side,
+//! through the same real sshd in the same run, to loopback targets only.
+//!
+//! Run it with `scripts/bench-tunnel` (builds the release binaries first).
+//! Prints a Markdown table for BENCHMARKS.md.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use portplane_e2e::free_port;
+use portplane_e2e::sshd::Sshd;
+
+const THROUGHPUT_SECS: u64 = 5;
+const NEW_CONN_SAMPLES: usize = 500;
+const RTT_SAMPLES: usize = 3000;
+
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Tunnel {
+    label: &'static str,
+    proc: Guard,
+    echo_port: u16,
+    source_port: u16,
+}
+
+#[derive(Default)]
+struct Row {
+    gbit_1: f64,
+    gbit_4: f64,
+    new_p50: f64,
+    new_p99: f64,
+    rtt_p50: f64,
+    rtt_p99: f64,
+    rss_idle: f64,
+    rss_load: f64,
+    recovery: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let agent_bin = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .context("usage: bench-tunnel <path to release portplane-agent>")?;
+    let mut sshd = Sshd::start()?;
+    let echo = serve(echo_conn);
+    let source = serve(source_conn);
+    let work = tempfile::tempdir()?;
+
+    let agent = start_agent(&agent_bin, &sshd, echo, source, &work)?;
+    let ssh = start_ssh(&sshd, echo, source)?;
+    let mut rows = Vec::new();
+    for tunnel in [&agent, &ssh] {
+        wait_echo(tunnel.echo_port, Duration::from_secs(30))
+            .with_context(|| format!("{} never came up", tunnel.label))?;
+    }
+    for tunnel in [&agent, &ssh] {
+        let mut row = Row {
+            rss_idle: rss_mib(tunnel.proc.0.id()),
+            ..Row::default()
+        };
+        row.gbit_1 = throughput(tunnel.source_port, 1)?;
+        let (gbit_4, rss_load) = {
+            let pid = tunnel.proc.0.id();
+            let peak = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let sampler = {
+                let (peak, stop) = (peak.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let kib = (rss_mib(pid) * 1024.0) as u64;
+                        peak.fetch_max(kib, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                })
+            };
+            let g = throughput(tunnel.source_port, 4)?;
+            stop.store(true, Ordering::Relaxed);
+            let _ = sampler.join();
+            (g, peak.load(Ordering::Relaxed) as f64 / 1024.0)
+        };
+        row.gbit_4 = gbit_4;
+        row.rss_load = rss_load;
+        (row.new_p50, row.new_p99) = new_connection_latency(tunnel.echo_port)?;
+        (row.rtt_p50, row.rtt_p99) = round_trip_latency(tunnel.echo_port)?;
+        rows.push(row);
+    }
+
+    // Recovery: sshd killed (with its sessions) and started again; time from
+    // sshd accepting until an echo through the tunnel succeeds.
+    let mut recoveries = Vec::new();
+    for _ in 0..5 {
+        sshd.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        sshd.restart()?;
+        let back = Instant::now();
+        wait_echo(agent.echo_port, Duration::from_secs(30))?;
+        recoveries.push(back.elapsed().as_secs_f64() * 1000.0);
+    }
+    recoveries.sort_by(f64::total_cmp);
+    rows[0].recovery = format!(
+        "median {:.0} ms, max {:.0} ms (5 restarts)",
+        recoveries[recoveries.len() / 2],
+        recoveries[recoveries.len() - 1]
+    );
+    rows[1].recovery = match wait_echo(ssh.echo_port, Duration::from_secs(5)) {
+        Ok(()) => "recovered".into(),
+        Err(_) => "never (ssh -L does not reconnect)".into(),
+    };
+
+    println!(
+        "| | 1 stream Gbit/s | 4 streams Gbit/s | new conn+echo p50 / p99 ms | round trip p50 / p99 ms | RSS idle / under load MiB | recovery after sshd restart |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (t, r) in [&agent, &ssh].iter().zip(&rows) {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} / {:.1} | {} |",
+            t.label,
+            r.gbit_1,
+            r.gbit_4,
+            r.new_p50,
+            r.new_p99,
+            r.rtt_p50,
+            r.rtt_p99,
+            r.rss_idle,
+            r.rss_load,
+            r.recovery
+        );
+    }
+    println!(
+        "\nratios agent/ssh: 1 stream {:.2}x, 4 streams {:.2}x, new-conn p50 {:.2}x",
+        rows[0].gbit_1 / rows[1].gbit_1,
+        rows[0].gbit_4 / rows[1].gbit_4,
+        rows[0].new_p50 / rows[1].new_p50
+    );
+    drop(ssh);
+    drop(agent);
+    Ok(())
+}
+
+fn start_agent(
+    bin: &PathBuf,
+    sshd: &Sshd,
+    echo: u16,
+    source: u16,
+    work: &tempfile::TempDir,
+) -> anyhow::Result<Tunnel> {
+    let (echo_port, source_port) = (free_port()?, free_port()?);
+    let config = format!(
+        "name = \"bench\"\n[ssh]\nconfig = \"{}\"\nhost = \"{}\"\n\
+         [[forward]]\nname = \"echo\"\nlisten = \"127.0.0.1:{echo_port}\"\ntarget = \"127.0.0.1:{echo}\"\n\
+         [[forward]]\nname = \"source\"\nlisten = \"127.0.0.1:{source_port}\"\ntarget = \"127.0.0.1:{source}\"\n\
+         [kubeconfig]\nforward = \"echo\"\n[talosconfig]\nforward = \"echo\"\n",
+        sshd.ssh_config_path().display(),
+        sshd.host_alias()
+    );
+    let path = work.path().join("agent.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(work.path().join("agent.log"))?;
+    let child = Command::new(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Tunnel {
+        label: "portplane-agent",
+        proc: Guard(child),
+        echo_port,
+        source_port,
+    })
+}
+
+fn start_ssh(sshd: &Sshd, echo: u16, source: u16) -> anyhow::Result<Tunnel> {
+    let (echo_port, source_port) = (free_port()?, free_port()?);
+    let child = Command::new("ssh")
+        .arg("-F")
+        .arg(sshd.ssh_config_path())
+        .args([
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-N",
+        ])
+        .args(["-L", &format!("127.0.0.1:{echo_port}:127.0.0.1:{echo}")])
+        .args(["-L", &format!("127.0.0.1:{source_port}:127.0.0.1:{source}")])
+        .arg(sshd.host_alias())
+        .stdin(Stdio::null())
+        .spawn()?;
+    Ok(Tunnel {
+        label: "ssh -L (OpenSSH)",
+        proc: Guard(child),
+        echo_port,
+        source_port,
+    })
+}
+
+fn serve(handle: fn(TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || handle(stream));
+        }
+    });
+    port
+}
+
+fn echo_conn(mut s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+fn source_conn(mut s: TcpStream) {
+    let buf = vec![0x5au8; 256 * 1024];
+    while s.write_all(&buf).is_ok() {}
+}
+
+fn echo_once(port: u16) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"ping")?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back)?;
+    Ok(())
+}
+
+fn wait_echo(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while echo_once(port).is_err() {
+        if Instant::now() > deadline {
+            bail!("no echo through 127.0.0.1:{port} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Gbit/s received over `streams` parallel connections for THROUGHPUT_SECS.
+fn throughput(port: u16, streams: usize) -> anyhow::Result<f64> {
+    let total = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_SECS + 1);
+    let threads: Vec<_> = (0..streams)
+        .map(|_| {
+            let total = total.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                let mut buf = vec![0u8; 256 * 1024];
+                // One second of warm-up (window growth), then count.
+                let count_from = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < deadline {
+                    let n = s.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    if Instant::now() >= count_from {
+                        total.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    }
+    Ok(total.load(Ordering::Relaxed) as f64 * 8.0 / 1e9 / THROUGHPUT_SECS as f64)
+}
+
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+fn new_connection_latency(port: u16) -> anyhow::Result<(f64, f64)> {
+    let mut samples = Vec::new();
+    for _ in 0..NEW_CONN_SAMPLES {
+        let t = Instant::now();
+        echo_once(port)?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(percentiles(samples))
+}
+
+fn round_trip_latency(port: u16) -> anyhow::Result<(f64, f64)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    let mut back = [0u8; 64];
+    let mut samples = Vec::new();
+    for _ in 0..RTT_SAMPLES {
+        let t = Instant::now();
+        s.write_all(&[7u8; 64])?;
+        s.read_exact(&mut back)?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(percentiles(samples))
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
