@@ -27,12 +27,12 @@ pub fn free_port() -> std::io::Result<u16> {
 /// test binary. Panics with the fix when it is missing.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from);
-    let path = profile_dir.unwrap_or_default().join(name);
+    // target/<profile>/deps/<test-binary> or target/<profile>/<bin> -> target/<profile>/<name>
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is missing; build the workspace first: cargo build --workspace (make test does)",

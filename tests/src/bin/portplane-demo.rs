@@ -2,60 +2,234 @@
 //!
 //! A real control plane on loopback stands in for the Talos cluster, a real
 //! sshd on loopback stands in for the Colima VM (with a Lima-style
-//! ssh.config), and the controller and agent run against them exactly as
-//! they would on a Mac. Everything it starts is stopped, by pid, on exit.
+//! ssh.config), and `portplane-controller` and `portplane-agent` run against
+//! them as they would on a Mac. The seed's services are applied, the port
+//! inventory is shown with the real kubectl, and kubectl reaches the API
+//! server through the agent's tunnel. Everything started is stopped, by pid,
+//! on exit.
 
 use std::io::IsTerminal;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use portplane_e2e::cluster::ControlPlane;
+use portplane_e2e::controller::{Controller, install_crd};
 use portplane_e2e::sshd::Sshd;
+use portplane_e2e::{free_port, workspace_bin};
+
+/// The seed's runtime services (ADR-0083 and the operations reference):
+/// Tailscale-exposed, NodePort-published (PDS with its asymmetric 9627 -> 3000
+/// map), and three mistakes portplane catches.
+const SEED_SERVICES: &str = include_str!("demo-services.yaml");
 
 fn main() -> anyhow::Result<()> {
     let hold = std::io::stdin().is_terminal() && !std::env::args().any(|a| a == "--exit");
+    let work = tempfile::Builder::new()
+        .prefix("portplane-demo-")
+        .tempdir()?;
 
-    step(
-        "starting a real control plane (etcd + kube-apiserver + kube-controller-manager) on loopback",
-    );
+    step("a real control plane (etcd + kube-apiserver + kube-controller-manager) on loopback");
     let plane = ControlPlane::start().context("scripts/cluster up")?;
-    println!("  kubeconfig: {}", plane.kubeconfig().display());
-    println!("  server:     {}", plane.server()?);
-    show(plane.kubectl().args(["version", "-o", "yaml"]))?;
+    println!(
+        "  server {}  kubeconfig {}",
+        plane.server()?,
+        plane.kubeconfig().display()
+    );
 
-    step("starting a real OpenSSH sshd on loopback, standing in for the Colima VM");
+    step("portplane-controller: the OperatorPort CRD, then the controller itself");
+    install_crd(&plane);
+    let controller = Controller::start(&plane, "tailnetDomain: tail7af24.ts.net\n");
+    println!(
+        "  health/metrics 127.0.0.1:{}  gRPC 127.0.0.1:{}",
+        controller.http_port, controller.grpc_port
+    );
+
+    step("the seed's services in namespace joelclaw");
+    let services = work.path().join("services.yaml");
+    std::fs::write(&services, SEED_SERVICES)?;
+    print!(
+        "{}",
+        plane.kubectl_output(&["apply", "-f", &services.to_string_lossy()])?
+    );
+
+    step("a real OpenSSH sshd on loopback, standing in for the Colima VM");
     let sshd = Sshd::start()?;
     println!(
-        "  ssh.config: {} (host {})",
+        "  {} (host {})",
         sshd.ssh_config_path().display(),
         sshd.host_alias()
     );
-    show(
-        Command::new("ssh")
-            .arg("-F")
-            .arg(sshd.ssh_config_path())
-            .args([
-                "-o",
-                "ControlMaster=no",
-                &sshd.host_alias(),
-                "echo",
-                "sshd: reachable as",
-                "$(id -un)",
-            ]),
-    )?;
 
-    step(
-        "next, once they are built: portplane-controller publishes OperatorPorts, portplane-agent holds 127.0.0.1:16443 over the sshd",
+    step("portplane-agent run: the operator tunnel over its own SSH connection");
+    let kube_port = port_or_free(16443)?;
+    let talos_port = port_or_free(15000)?;
+    let kubeconfig = work.path().join("kube/config");
+    std::fs::create_dir_all(kubeconfig.parent().context("kubeconfig folder")?)?;
+    // The user's kubeconfig as talosctl left it: cluster "joelclaw", server
+    // on the direct path. The agent rewrites it to the operator port.
+    let original = std::fs::read_to_string(plane.kubeconfig())?
+        .replace("portplane-local", "joelclaw")
+        .replace(&plane.server()?, "https://127.0.0.1:6443");
+    std::fs::write(&kubeconfig, original)?;
+    let talosconfig = work.path().join("talos/config");
+    std::fs::create_dir_all(talosconfig.parent().context("talosconfig folder")?)?;
+    std::fs::write(
+        &talosconfig,
+        "context: joelclaw\ncontexts:\n    joelclaw:\n        endpoints:\n            - 127.0.0.1:64785\n        nodes:\n            - 10.5.0.2\n",
+    )?;
+    let agent_config = work.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "name = \"demo\"\n\n[ssh]\nconfig = \"{ssh_config}\"\nhost = \"{host}\"\n\n\
+             [[forward]]\nname = \"kube-apiserver\"\nlisten = \"127.0.0.1:{kube_port}\"\n\
+             target = \"127.0.0.1:{api_port}\"\n\n\
+             [[forward]]\nname = \"talos-api\"\nlisten = \"127.0.0.1:{talos_port}\"\n\
+             target = \"127.0.0.1:{talos_target}\"\n\n\
+             [kubeconfig]\npath = \"{kubeconfig}\"\ncluster = \"joelclaw\"\n\n\
+             [talosconfig]\npath = \"{talosconfig}\"\ncontext = \"joelclaw\"\n",
+            ssh_config = sshd.ssh_config_path().display(),
+            host = sshd.host_alias(),
+            api_port = plane.apiserver_port()?,
+            // No Talos API here: the forward is held, nothing answers behind it.
+            talos_target = free_port()?,
+            kubeconfig = kubeconfig.display(),
+            talosconfig = talosconfig.display(),
+        ),
+    )?;
+    let agent = Agent::start(&agent_config, &work.path().join("agent.log"))?;
+    let rewritten = |path: &Path, port: u16| {
+        std::fs::read_to_string(path).is_ok_and(|text| text.contains(&format!("127.0.0.1:{port}")))
+    };
+    wait_until(Duration::from_secs(20), || {
+        rewritten(&kubeconfig, kube_port) && rewritten(&talosconfig, talos_port)
+    })
+    .with_context(|| {
+        format!(
+            "the agent did not rewrite kubeconfig and talosconfig; its log:\n{}",
+            agent.log()
+        )
+    })?;
+    println!(
+        "  listening on 127.0.0.1:{kube_port} (kube-apiserver) and 127.0.0.1:{talos_port} (talos-api)"
     );
 
+    step("kubectl through the tunnel, with the rewritten kubeconfig (TLS verified)");
+    show(
+        Command::new(plane.bindir().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "namespaces"]),
+    )?;
+    println!("\n  kubeconfig server now: {}", server_line(&kubeconfig));
+    println!(
+        "  talosconfig:\n{}",
+        indent(&std::fs::read_to_string(&talosconfig)?)
+    );
+
+    step("the live port inventory: kubectl get operatorports");
+    wait_until(Duration::from_secs(20), || {
+        plane
+            .kubectl_output(&["get", "operatorports", "-o", "name"])
+            .is_ok_and(|o| o.contains("joelclaw.redis.6379"))
+    })
+    .context("the controller did not publish the seed's inventory")?;
+    show(plane.kubectl().args(["get", "operatorports"]))?;
+
+    step("what portplane flags (conditions on the OperatorPorts, Events on the Services)");
+    show(plane.kubectl().args([
+        "get",
+        "events",
+        "-n",
+        "joelclaw",
+        "--field-selector",
+        "type=Warning",
+        "-o",
+        "custom-columns=SERVICE:.involvedObject.name,REASON:.reason,MESSAGE:.message",
+    ]))?;
+
     if hold {
-        step("running; press Ctrl-C to stop everything");
+        step(&format!(
+            "running; try: kubectl --kubeconfig {} get operatorports -o wide   (Ctrl-C stops everything)",
+            plane.kubeconfig().display()
+        ));
         wait_for_ctrl_c();
     }
     step("stopping everything this demo started");
+    drop(agent);
     drop(sshd);
+    drop(controller);
     drop(plane);
     Ok(())
+}
+
+/// `portplane-agent run`, killed and reaped on drop.
+struct Agent {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path, log: &Path) -> anyhow::Result<Agent> {
+        let child = Command::new(workspace_bin("portplane-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .context("starting portplane-agent")?;
+        Ok(Agent {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The operator port itself when it is free here, else any free port.
+fn port_or_free(port: u16) -> std::io::Result<u16> {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(port),
+        Err(_) => free_port(),
+    }
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {timeout:?}")
+}
+
+fn server_line(kubeconfig: &Path) -> String {
+    std::fs::read_to_string(kubeconfig)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.trim_start().starts_with("server:"))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 fn step(what: &str) {
