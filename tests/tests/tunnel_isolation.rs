@@ -61,6 +61,9 @@ fn stalled_reader_does_not_stall_an_active_transfer_or_keepalives() {
     echo_once(echo_port, b"still here").unwrap();
     assert_eq!(agent.log_count("ssh session lost"), 0, "{}", agent.log());
     assert_eq!(agent.log_count("ssh session up"), 1, "{}", agent.log());
+    // Memory stays bounded: the stalled connection is cut at its buffer
+    // limit instead of growing without end.
+    agent.wait_log("per-connection buffer unread", 1, Duration::from_secs(10));
     drop(stalled);
 }
 

@@ -39,7 +39,28 @@ pub enum SessionError {
     },
 }
 
-/// SSH-level tuning; see [`SessionTuning::fast`].
+impl SessionError {
+    /// Nothing accepted the TCP connection (the VM is down or restarting),
+    /// as opposed to a server that answered and failed the handshake.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            SessionError::Connect {
+                source: russh::Error::IO(e),
+                ..
+            } => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::AddrNotAvailable
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// SSH-level tuning.
 #[derive(Debug, Clone)]
 pub struct SessionTuning {
     pub keepalive_interval: Duration,

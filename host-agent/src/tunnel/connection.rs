@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use russh::ChannelMsg;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::pool::{Pool, SshHandle};
@@ -75,35 +76,21 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
         return;
     };
     let (mut from_server, to_server) = channel.split();
-    let (mut client_read, mut client_write) = client.into_split();
+    let (mut client_read, client_write) = client.into_split();
+    // Shared by the drain (which writes directly while nothing is queued,
+    // saving a task hop per packet) and the writer task; the last one to
+    // drop it shuts the client's write side down.
+    let client_write = Arc::new(client_write);
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
 
     let mine = Arc::new(Buffered::default());
     let drain = {
-        let (shared, mine) = (shared.clone(), mine.clone());
+        let (shared, mine, client_write) = (shared.clone(), mine.clone(), client_write.clone());
         async move {
-            while let Some(msg) = from_server.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        let n = data.len();
-                        if !mine.try_add(n, shared.limits.per_connection) {
-                            return Err(
-                                "the client left more than the per-connection buffer unread",
-                            );
-                        }
-                        if !shared.buffered.try_add(n, shared.limits.total) {
-                            mine.sub(n);
-                            return Err("the agent's total buffer for unread data is full");
-                        }
-                        if tx.send(data).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    ChannelMsg::Eof | ChannelMsg::Close => break,
-                    _ => {}
-                }
-            }
-            Ok(())
+            let result = drain_channel(&mut from_server, &client_write, &tx, &mine, &shared).await;
+            drop(client_write);
+            drop(tx);
+            result
         }
     };
     let to_client = {
@@ -111,12 +98,12 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
         async move {
             while let Some(data) = rx.recv().await {
                 let n = data.len();
-                let written = client_write.write_all(&data).await;
+                let written = write_all(&client_write, &data).await;
                 mine.sub(n);
                 shared.buffered.sub(n);
                 written?;
             }
-            client_write.shutdown().await
+            Ok::<(), std::io::Error>(())
         }
     };
     let to_server_task = async move {
@@ -162,6 +149,58 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
     }
     let left = mine.0.load(Ordering::Acquire);
     shared.buffered.sub(left);
+}
+
+/// Move the channel's data to the client without ever blocking on it: write
+/// straight through while nothing is queued, queue (within the limits)
+/// otherwise. `Err` names the limit a stalled client hit.
+async fn drain_channel(
+    from_server: &mut russh::ChannelReadHalf,
+    client: &OwnedWriteHalf,
+    queue: &mpsc::UnboundedSender<Bytes>,
+    mine: &Buffered,
+    shared: &Shared,
+) -> Result<(), &'static str> {
+    while let Some(msg) = from_server.wait().await {
+        let mut data = match msg {
+            ChannelMsg::Data { data } => data,
+            ChannelMsg::Eof | ChannelMsg::Close => break,
+            _ => continue,
+        };
+        if mine.0.load(Ordering::Acquire) == 0 {
+            match client.try_write(&data) {
+                Ok(n) if n == data.len() => continue,
+                Ok(n) => data = data.slice(n..),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The client is gone; the channel closes with it.
+                Err(_) => return Ok(()),
+            }
+        }
+        let n = data.len();
+        if !mine.try_add(n, shared.limits.per_connection) {
+            return Err("the client left more than the per-connection buffer unread");
+        }
+        if !shared.buffered.try_add(n, shared.limits.total) {
+            mine.sub(n);
+            return Err("the agent's total buffer for unread data is full");
+        }
+        if queue.send(data).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn write_all(client: &OwnedWriteHalf, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        client.writable().await?;
+        match client.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 async fn open_channel(

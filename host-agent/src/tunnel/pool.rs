@@ -95,16 +95,17 @@ async fn supervise(config: Arc<PoolConfig>, slot: usize, tx: watch::Sender<Optio
         jitter_seed(slot as u64),
     );
     loop {
-        let attempt = async {
-            let host = resolve_file(&config.ssh_config, &config.host_alias, &config.env)
-                .map_err(|e| e.to_string())?;
-            session::connect(&host, &config.tuning)
-                .await
-                .map(|s| (s, host))
-                .map_err(|e| e.to_string())
+        let host = match resolve_file(&config.ssh_config, &config.host_alias, &config.env) {
+            Ok(host) => host,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(slot, %error, retry_in = ?delay, "cannot read the ssh config");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
         };
-        match attempt.await {
-            Ok((session, host)) => {
+        match session::connect(&host, &config.tuning).await {
+            Ok(session) => {
                 backoff.reset();
                 tracing::info!(
                     slot,
@@ -121,7 +122,11 @@ async fn supervise(config: Arc<PoolConfig>, slot: usize, tx: watch::Sender<Optio
             Err(error) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(slot, %error, retry_in = ?delay, "ssh connect failed");
-                tokio::time::sleep(delay).await;
+                if error.is_unreachable() {
+                    wait_until_accepting(&config, delay).await;
+                } else {
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
         if tx.is_closed() {
@@ -129,3 +134,24 @@ async fn supervise(config: Arc<PoolConfig>, slot: usize, tx: watch::Sender<Optio
         }
     }
 }
+
+/// Sleep up to `delay`, but return as soon as the (re-read) ssh config's
+/// host:port accepts a TCP connection: a refused connect costs nothing, and
+/// this keeps recovery quick once the VM is back, whatever the backoff.
+async fn wait_until_accepting(config: &PoolConfig, delay: Duration) {
+    let deadline = tokio::time::Instant::now() + delay;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(PROBE_INTERVAL.min(delay)).await;
+        if let Ok(host) = resolve_file(&config.ssh_config, &config.host_alias, &config.env)
+            && let Ok(Ok(_)) = tokio::time::timeout_at(
+                deadline,
+                tokio::net::TcpStream::connect((host.hostname.as_str(), host.port)),
+            )
+            .await
+        {
+            return;
+        }
+    }
+}
+
+const PROBE_INTERVAL: Duration = Duration::from_millis(25);
