@@ -40,6 +40,8 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     for (forward, listener) in bound {
         tokio::spawn(listener::serve(shared.clone(), forward, listener));
     }
+    // Never fatal and never in the tunnel's way: it logs its own problems.
+    tokio::spawn(crate::rewrite::keep_rewritten(config.clone()));
     tokio::spawn(crate::rewrite::keep_rewritten(config.clone()));
     tracing::info!(
         forwards = forwards.len(),

@@ -162,14 +162,18 @@ fn start_agent(
         "name = \"bench\"\n[ssh]\nconfig = \"{}\"\nhost = \"{}\"\n\
          [[forward]]\nname = \"echo\"\nlisten = \"127.0.0.1:{echo_port}\"\ntarget = \"127.0.0.1:{echo}\"\n\
          [[forward]]\nname = \"source\"\nlisten = \"127.0.0.1:{source_port}\"\ntarget = \"127.0.0.1:{source}\"\n\
-         [kubeconfig]\nforward = \"echo\"\n[talosconfig]\nforward = \"echo\"\n",
+         [kubeconfig]\nforward = \"echo\"\npath = \"{dir}/kubeconfig\"\n\
+         [talosconfig]\nforward = \"echo\"\npath = \"{dir}/talosconfig\"\n",
         sshd.ssh_config_path().display(),
-        sshd.host_alias()
+        sshd.host_alias(),
+        dir = work.path().display(),
     );
     let path = work.path().join("agent.toml");
     std::fs::write(&path, config)?;
     let log = std::fs::File::create(work.path().join("agent.log"))?;
     let child = Command::new(bin)
+        .env_remove("KUBECONFIG")
+        .env_remove("TALOSCONFIG")
         .arg("run")
         .arg("--config")
         .arg(&path)

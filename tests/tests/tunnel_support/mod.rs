@@ -33,6 +33,8 @@ impl Agent {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info,portplane_agent=debug")
+            .env_remove("KUBECONFIG")
+            .env_remove("TALOSCONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -105,9 +107,14 @@ pub fn config_for(sshd: &Sshd, forwards: &[(&str, u16, String)], extra: &str) ->
             "\n[[forward]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{listen}\"\ntarget = \"{target}\"\n"
         ));
     }
+    // The rewrites run under `run` too: keep them off the real home's files.
     let first = forwards[0].0;
+    let dir = sshd.ssh_config_path().parent().unwrap().to_path_buf();
     text.push_str(&format!(
-        "\n[kubeconfig]\nforward = \"{first}\"\n[talosconfig]\nforward = \"{first}\"\n"
+        "\n[kubeconfig]\nforward = \"{first}\"\npath = \"{}\"\n\
+         [talosconfig]\nforward = \"{first}\"\npath = \"{}\"\n",
+        dir.join("kubeconfig").display(),
+        dir.join("talosconfig").display()
     ));
     text
 }
