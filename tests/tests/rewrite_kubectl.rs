@@ -401,3 +401,81 @@ fn a_malformed_kubeconfig_is_left_alone_and_the_tunnel_still_comes_up() {
         .collect();
     assert_eq!(names.len(), 1, "no backup, lock or temp file: {names:?}");
 }
+
+#[test]
+fn the_agent_takes_the_same_lock_as_kubectl() {
+    let cp = ControlPlane::shared();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join("config");
+    user_kubeconfig(cp, &kubeconfig);
+    let talos = home.path().join("talosconfig");
+    fs::write(&talos, TALOSCONFIG).unwrap();
+    let config = home.path().join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "[kubeconfig]\npath = \"{}\"\n[talosconfig]\npath = \"{}\"\n",
+            kubeconfig.display(),
+            talos.display()
+        ),
+    )
+    .unwrap();
+    // The agent pauses after writing its temp file, holding the lock.
+    let marker = home.path().join("paused");
+    let child = Command::new(workspace_bin("portplane-agent"))
+        .args(["rewrite", "--config"])
+        .arg(&config)
+        .env("PORTPLANE_TEST_PAUSE_BEFORE_RENAME", &marker)
+        .env_remove("KUBECONFIG")
+        .env_remove("TALOSCONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent {
+        child,
+        log: home.path().join("no-log"),
+    };
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "never paused");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let err = kubectl(
+        cp,
+        &kubeconfig,
+        &[
+            "config",
+            "set-context",
+            "while-locked",
+            "--cluster=joelclaw",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("config.lock") && err.contains("file exists"),
+        "{err}"
+    );
+    fs::remove_file(&marker).unwrap();
+    // The talosconfig write pauses too; let it through.
+    while agent.child.try_wait().unwrap().is_none() {
+        let _ = fs::remove_file(&marker);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "agent never finished"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kubectl(
+        cp,
+        &kubeconfig,
+        &["config", "set-context", "after", "--cluster=joelclaw"],
+    )
+    .unwrap();
+    assert_eq!(
+        server_of(cp, &kubeconfig, "joelclaw-1"),
+        "https://127.0.0.1:16443"
+    );
+    let contexts = kubectl(cp, &kubeconfig, &["config", "get-contexts", "-o", "name"]).unwrap();
+    assert!(contexts.lines().any(|l| l == "after"), "{contexts}");
+}
