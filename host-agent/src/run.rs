@@ -42,7 +42,6 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     }
     // Never fatal and never in the tunnel's way: it logs its own problems.
     tokio::spawn(crate::rewrite::keep_rewritten(config.clone()));
-    tokio::spawn(crate::rewrite::keep_rewritten(config.clone()));
     tracing::info!(
         forwards = forwards.len(),
         "tunnel listening; ssh sessions connecting"
