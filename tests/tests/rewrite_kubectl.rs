@@ -479,3 +479,66 @@ fn the_agent_takes_the_same_lock_as_kubectl() {
     let contexts = kubectl(cp, &kubeconfig, &["config", "get-contexts", "-o", "name"]).unwrap();
     assert!(contexts.lines().any(|l| l == "after"), "{contexts}");
 }
+
+#[test]
+fn on_a_loopback_address_the_certificate_does_not_name_tls_is_verified_by_name() {
+    let cp = ControlPlane::shared();
+    let apiserver = cp.apiserver_port().unwrap();
+    let sshd = Sshd::start().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join(".kube/config");
+    user_kubeconfig(cp, &kubeconfig);
+    fs::create_dir_all(home.path().join(".talos")).unwrap();
+    fs::write(home.path().join(".talos/config"), TALOSCONFIG).unwrap();
+    let kube_listen = free_port().unwrap();
+    // 127.0.0.2 is loopback but not on the certificate (127.0.0.1,
+    // localhost, 10.5.0.2): the rewrite must name the target instead.
+    let config = agent_config(
+        &sshd,
+        kube_listen,
+        free_port().unwrap(),
+        apiserver,
+        home.path(),
+    )
+    .replace(
+        &format!("listen = \"127.0.0.1:{kube_listen}\""),
+        &format!("listen = \"127.0.0.2:{kube_listen}\""),
+    );
+    let agent = Agent::start(home.path(), &config);
+    let server = format!("https://127.0.0.2:{kube_listen}");
+    wait_until(
+        "the kubeconfig rewrite",
+        Duration::from_secs(20),
+        &agent,
+        || server_of(cp, &kubeconfig, "joelclaw-1") == server,
+    );
+    let text = fs::read_to_string(&kubeconfig).unwrap();
+    assert!(text.contains("    tls-server-name: 127.0.0.1\n"), "{text}");
+    assert!(!text.contains("insecure-skip-tls-verify"), "{text}");
+    wait_until(
+        "kubectl through the tunnel",
+        Duration::from_secs(30),
+        &agent,
+        || {
+            kubectl(
+                cp,
+                &kubeconfig,
+                &["--request-timeout=5s", "get", "namespaces", "-o", "name"],
+            )
+            .is_ok_and(|out| out.contains("namespace/default"))
+        },
+    );
+    // Without the name, the address itself fails verification.
+    let err = kubectl(
+        cp,
+        &kubeconfig,
+        &[
+            "--request-timeout=5s",
+            "--tls-server-name=127.0.0.2",
+            "get",
+            "namespaces",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("x509") || err.contains("certificate"), "{err}");
+}
