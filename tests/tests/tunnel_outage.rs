@@ -1,0 +1,60 @@
+//! A connection that arrives while sshd is down waits for the new session
+//! (up to `ssh.outage_grace`) instead of being refused; listeners stay bound.
+
+mod tunnel_support;
+
+use std::time::Duration;
+
+use portplane_e2e::sshd::Sshd;
+use tunnel_support::{Agent, config_for, echo_once, echo_server, listen_port, wait_echo};
+
+#[test]
+fn connection_during_an_outage_waits_for_the_new_session() {
+    let mut sshd = Sshd::start().unwrap();
+    let echo = echo_server();
+    let port = listen_port();
+    let agent = Agent::start(&config_for(
+        &sshd,
+        &[("echo", port, format!("127.0.0.1:{echo}"))],
+        "",
+    ));
+    wait_echo(&agent, port, Duration::from_secs(20));
+
+    sshd.stop();
+    agent.wait_log("ssh session lost", 1, Duration::from_secs(15));
+    // The listener is still bound while no session exists...
+    let waiting = std::thread::spawn(move || echo_once(port, b"made it across the outage"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!waiting.is_finished(), "the connection was not refused");
+    // ...and the connection goes through once sshd is back.
+    sshd.restart().unwrap();
+    waiting
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("waiting connection failed: {e}\n{}", agent.log()));
+}
+
+#[test]
+fn connection_is_closed_after_the_outage_grace() {
+    let mut sshd = Sshd::start().unwrap();
+    let echo = echo_server();
+    let port = listen_port();
+    let agent = Agent::start(
+        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], "")
+            .replace("[ssh]\n", "[ssh]\noutage_grace = \"1s\"\n"),
+    );
+    wait_echo(&agent, port, Duration::from_secs(20));
+    sshd.stop();
+    agent.wait_log("ssh session lost", 1, Duration::from_secs(15));
+    let started = std::time::Instant::now();
+    assert!(echo_once(port, b"nobody home").is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "closed by the grace, not the client's 10 s read timeout"
+    );
+    agent.wait_log(
+        "no ssh session within the outage grace",
+        1,
+        Duration::from_secs(5),
+    );
+}
