@@ -2,6 +2,7 @@
 //! rewrites, and the ownership rule (only operator ports are tunneled).
 
 pub mod config;
+pub mod controller_link;
 pub mod ownership;
 pub mod rewrite;
 pub mod run;

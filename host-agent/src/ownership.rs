@@ -7,13 +7,13 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Forward;
 
 /// The controller's inventory as cached on disk (JSON, the `Inventory`
 /// message's fields).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct CachedInventory {
     #[serde(default)]
     pub revision: u64,
@@ -21,7 +21,7 @@ pub struct CachedInventory {
     pub runtime_ports: Vec<RuntimePort>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RuntimePort {
     /// `<namespace>.<service>.<port>`.
     pub name: String,

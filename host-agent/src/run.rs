@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::AgentConfig;
+use std::sync::atomic::AtomicU32;
+
+use crate::config::{AgentConfig, Forward};
+use crate::controller_link::{self, TunnelStatus};
 use crate::ownership;
 use crate::ssh::client_config::SshEnv;
 use crate::ssh::session::{SessionTuning, supported_ciphers};
@@ -25,7 +28,7 @@ pub enum RunError {
 }
 
 pub async fn run(config: AgentConfig) -> Result<(), RunError> {
-    let forwards = allowed_forwards(&config)?;
+    let (forwards, refused) = allowed_forwards(&config)?;
     let bound = listener::bind_all(&forwards).await?;
     for (f, _) in &bound {
         tracing::info!(forward = f.name, listen = %f.listen, target = %f.target, "listening");
@@ -37,9 +40,18 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
         limits: Limits::default(),
         buffered: Buffered::default(),
     });
+    let mut served = Vec::new();
     for (forward, listener) in bound {
-        tokio::spawn(listener::serve(shared.clone(), forward, listener));
+        let active = Arc::new(AtomicU32::new(0));
+        served.push((forward.clone(), active.clone()));
+        tokio::spawn(listener::serve(shared.clone(), forward, listener, active));
     }
+    let status = Arc::new(TunnelStatus {
+        pool: shared.pool.clone(),
+        served,
+        refused,
+    });
+    tokio::spawn(controller_link::keep_in_touch(config.clone(), status));
     // Never fatal and never in the tunnel's way: it logs its own problems.
     tokio::spawn(crate::rewrite::keep_rewritten(config.clone()));
     tracing::info!(
@@ -51,8 +63,12 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The forwards the ownership rule lets through; refused ones are logged.
-fn allowed_forwards(config: &AgentConfig) -> Result<Vec<crate::config::Forward>, RunError> {
+/// A forward the ownership rule refused, with the reason.
+type Refused = (Forward, String);
+
+/// The forwards the ownership rule lets through, and the refused ones with
+/// the reason (also logged).
+fn allowed_forwards(config: &AgentConfig) -> Result<(Vec<Forward>, Vec<Refused>), RunError> {
     let inventory = match config.controller.as_ref() {
         Some(c) => match ownership::load_cache(&c.inventory_cache) {
             Ok(inv) => inv,
@@ -65,7 +81,7 @@ fn allowed_forwards(config: &AgentConfig) -> Result<Vec<crate::config::Forward>,
         None => None,
     };
     let Some(inventory) = inventory else {
-        return Ok(config.forwards.clone());
+        return Ok((config.forwards.clone(), Vec::new()));
     };
     let mut allowed = Vec::new();
     let mut refused = Vec::new();
@@ -73,15 +89,16 @@ fn allowed_forwards(config: &AgentConfig) -> Result<Vec<crate::config::Forward>,
         match ownership::refusal(f, &inventory) {
             Some(why) => {
                 tracing::error!(forward = f.name, "{why}");
-                refused.push(why);
+                refused.push((f.clone(), why));
             }
             None => allowed.push(f.clone()),
         }
     }
     if allowed.is_empty() {
-        return Err(RunError::AllRefused(refused.join("\n")));
+        let reasons: Vec<&str> = refused.iter().map(|(_, why)| why.as_str()).collect();
+        return Err(RunError::AllRefused(reasons.join("\n")));
     }
-    Ok(allowed)
+    Ok((allowed, refused))
 }
 
 fn pool_config(config: &AgentConfig) -> PoolConfig {

@@ -3,6 +3,7 @@
 //! depend on the SSH session: they stay bound through reconnects.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::net::TcpListener;
 
@@ -47,7 +48,13 @@ pub async fn bind_all(forwards: &[Forward]) -> Result<Vec<(Forward, TcpListener)
 }
 
 /// Accept forever; each connection gets its own task.
-pub async fn serve(shared: Arc<Shared>, forward: Forward, listener: TcpListener) {
+/// `active` counts this forward's live connections, for reports.
+pub async fn serve(
+    shared: Arc<Shared>,
+    forward: Forward,
+    listener: TcpListener,
+    active: Arc<AtomicU32>,
+) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_FORWARD));
     loop {
         // Bounded connection count keeps total memory bounded too.
@@ -58,8 +65,11 @@ pub async fn serve(shared: Arc<Shared>, forward: Forward, listener: TcpListener)
             Ok((client, _)) => {
                 let (shared, target, name) =
                     (shared.clone(), forward.target.clone(), forward.name.clone());
+                let active = active.clone();
+                active.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     connection::forward(shared, client, target, name).await;
+                    active.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }
