@@ -34,6 +34,11 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# Controller: annotate->OperatorPort latency, converge time + RSS at 100/1k/10k
+# Services, resync writes (figures in BENCHMARKS.md).
+bench-controller: deps
+	scripts/bench-controller
+
 clean:
 	scripts/cluster down || true
 	$(CARGO) clean

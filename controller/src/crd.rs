@@ -282,7 +282,10 @@ mod tests {
         if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
             for (name, prop) in props {
                 let p = format!("{path}.{name}");
-                if prop.get("description").is_none() && !path.is_empty() && !p.starts_with(".metadata") {
+                if prop.get("description").is_none()
+                    && !path.is_empty()
+                    && !p.starts_with(".metadata")
+                {
                     missing.push(p.clone());
                 }
                 walk(prop, &p, missing);

@@ -142,12 +142,18 @@ pub fn to_proto(desired: &Desired, revision: u64) -> pb::Inventory {
     inventory
 }
 
+/// What the reconcile loop publishes: the desired inventory and a revision
+/// that increases with every change.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    pub revision: u64,
+    pub desired: Arc<Desired>,
+}
+
 struct Service {
-    inventory: watch::Receiver<Arc<Desired>>,
+    inventory: watch::Receiver<Published>,
     agents: Arc<RwLock<AgentRegistry>>,
     trigger: Arc<Notify>,
-    /// Bumped by every published change; `watch` versions are not exposed.
-    revisions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type InventoryStream = Pin<Box<dyn Stream<Item = Result<pb::Inventory, Status>> + Send>>;
@@ -168,7 +174,7 @@ impl PortInventory for Service {
         self.agents.write().await.record(report);
         self.trigger.notify_one();
         Ok(Response::new(pb::ReportAck {
-            inventory_revision: self.revisions.load(std::sync::atomic::Ordering::Relaxed),
+            inventory_revision: self.inventory.borrow().revision,
         }))
     }
 
@@ -178,11 +184,8 @@ impl PortInventory for Service {
         &self,
         _request: Request<pb::WatchInventoryRequest>,
     ) -> Result<Response<Self::WatchInventoryStream>, Status> {
-        let revisions = self.revisions.clone();
-        let stream = WatchStream::new(self.inventory.clone()).map(move |desired| {
-            let revision = revisions.load(std::sync::atomic::Ordering::Relaxed);
-            Ok(to_proto(&desired, revision))
-        });
+        let stream = WatchStream::new(self.inventory.clone())
+            .map(|published| Ok(to_proto(&published.desired, published.revision)));
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -190,7 +193,7 @@ impl PortInventory for Service {
 /// Bind now, serve until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
-    inventory: watch::Receiver<Arc<Desired>>,
+    inventory: watch::Receiver<Published>,
     agents: Arc<RwLock<AgentRegistry>>,
     trigger: Arc<Notify>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -198,20 +201,10 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Listen { addr, source })?;
-    let revisions = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // Count every published change, whether or not an agent is watching.
-    let mut counter = inventory.clone();
-    let counted = revisions.clone();
-    tokio::spawn(async move {
-        while counter.changed().await.is_ok() {
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
     let service = Service {
         inventory,
         agents,
         trigger,
-        revisions,
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Ok(tonic::transport::Server::builder()

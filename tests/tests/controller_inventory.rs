@@ -349,6 +349,12 @@ fn killed_and_restarted_controller_converges_without_duplicates_or_orphans() {
         "tailscale.com/hostname=tres",
     ]);
     c.restart();
+    assert_eq!(c.get("/healthz").map(|(code, _)| code), Some(200));
+    assert_eq!(
+        c.get("/readyz").map(|(code, _)| code),
+        Some(200),
+        "ready once every watch synced"
+    );
 
     let want = ["crash.four.80", "crash.one.80", "crash.three.80"];
     eventually(Duration::from_secs(30), "converged after restart", || {

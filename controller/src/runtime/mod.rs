@@ -17,7 +17,7 @@ use tokio::sync::{Notify, RwLock, watch};
 use crate::Error;
 use crate::config::Config;
 use crate::grpc::{self, AgentRegistry};
-use crate::inventory::{self, Desired, ProxyIndex};
+use crate::inventory::{self, ProxyIndex};
 use crate::lease::LeaderElector;
 use crate::metrics::Metrics;
 use crate::reconcile::MANAGER;
@@ -33,7 +33,7 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     pub trigger: Arc<Notify>,
     pub agents: Arc<RwLock<AgentRegistry>>,
-    pub inventory: watch::Sender<Arc<Desired>>,
+    pub inventory: watch::Sender<grpc::Published>,
     overlay: overlay::Overlay,
     recorder: Recorder,
 }
@@ -74,7 +74,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await?;
     let http_task = tokio::spawn(http);
 
-    let (inventory_tx, inventory_rx) = watch::channel(Arc::new(Desired::new()));
+    let (inventory_tx, inventory_rx) = watch::channel(grpc::Published::default());
     let agents = Arc::new(RwLock::new(AgentRegistry::default()));
     let grpc = grpc::serve(
         config.grpc_listen,
@@ -190,11 +190,12 @@ async fn reconcile_once(ctx: &Context) -> Result<(), Error> {
     ctx.metrics
         .inventory_size
         .store(desired.len() as u64, Ordering::Relaxed);
-    ctx.inventory.send_if_modified(|current| {
-        if **current == desired {
+    ctx.inventory.send_if_modified(|published| {
+        if *published.desired == desired {
             false
         } else {
-            *current = Arc::new(desired.clone());
+            published.revision += 1;
+            published.desired = Arc::new(desired.clone());
             true
         }
     });

@@ -35,9 +35,20 @@ fn rv(o: &OperatorPort) -> u64 {
 }
 
 impl Overlay {
-    pub fn written(&self, object: OperatorPort) {
+    pub fn written(&self, mut object: OperatorPort) {
         let Some(name) = object.metadata.name.clone() else {
             return;
+        };
+        // Only spec, labels, status, generation and resourceVersion are ever
+        // compared; at 10,000 objects the rest (managedFields above all) is
+        // most of the memory.
+        let meta = std::mem::take(&mut object.metadata);
+        object.metadata = kube::api::ObjectMeta {
+            name: meta.name,
+            labels: meta.labels,
+            generation: meta.generation,
+            resource_version: meta.resource_version,
+            ..Default::default()
         };
         let entry = Entry {
             resource_version: rv(&object),

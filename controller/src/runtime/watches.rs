@@ -93,8 +93,15 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
-        // managedFields are never read; dropping them keeps the indexes small.
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        // managedFields and kubectl's last-applied copy are never read;
+        // dropping them keeps the indexes small.
+        .modify(|o: &mut K| {
+            let meta = o.meta_mut();
+            meta.managed_fields = None;
+            if let Some(a) = meta.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
         .reflect(writer);
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);

@@ -24,7 +24,7 @@ use crate::reconcile::{Action, MANAGER, owned_labels, plan};
 
 /// Parallel writes in flight; enough to converge 10,000 objects quickly
 /// without flooding the API server's max-in-flight budget.
-const CONCURRENCY: usize = 32;
+const CONCURRENCY: usize = 64;
 
 pub async fn write_difference(ctx: &Context, desired: &Desired) -> Result<(), Error> {
     let existing = ctx.overlay.existing(&ctx.stores.operator_ports);
