@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 /// Holds the operator tunnel (127.0.0.1:16443 -> kube-apiserver,
 /// 127.0.0.1:15000 -> Talos API) over its own SSH connection, keeps
@@ -25,39 +25,10 @@ enum Command {
     },
     /// Point kubeconfig and talosconfig at the operator ports, once.
     Rewrite {
+        /// Agent config (TOML); its [kubeconfig] and [talosconfig] sections say what to rewrite.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Show the running agent's tunnels.
-    Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check the host: SSH config, ports, kubeconfig, talosconfig, stray tunnels.
-    Doctor {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Install the agent as a launchd daemon (macOS) or systemd unit (Linux).
-    Install {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// Print what would be written and run, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Service manager; defaults to the host's.
-        #[arg(long)]
-        platform: Option<Platform>,
-    },
-    /// Remove what `install` wrote.
-    Uninstall,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Platform {
-    Launchd,
-    Systemd,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,10 +36,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => run_agent(&config),
         Command::Rewrite { config } => rewrite_once(&config),
-        Command::Status { .. }
-        | Command::Doctor { .. }
-        | Command::Install { .. }
-        | Command::Uninstall => anyhow::bail!("not implemented in this build yet"),
     }
 }
 

@@ -35,6 +35,11 @@ pub fn install_crd(plane: &ControlPlane) {
     plane
         .kubectl_output(&["apply", "--server-side", "-f", &crd.to_string_lossy()])
         .unwrap_or_else(|e| panic!("{e}"));
+    wait_crd_established(plane);
+}
+
+/// Wait until the OperatorPort CRD is served, however it was installed.
+pub fn wait_crd_established(plane: &ControlPlane) {
     plane
         .kubectl_output(&[
             "wait",

@@ -4,7 +4,7 @@
 //! here, so nothing waits for Pods).
 
 use portplane_e2e::cluster::ControlPlane;
-use portplane_e2e::controller::{CRD_PATH, crd_from_binary};
+use portplane_e2e::controller::{CRD_PATH, crd_from_binary, wait_crd_established};
 use portplane_e2e::repo_root;
 
 #[test]
@@ -104,16 +104,7 @@ fn helm_install_is_accepted_by_the_api_server_and_explain_helps() {
     ] {
         assert!(kinds.contains(want), "{want} missing:\n{kinds}");
     }
-    plane
-        .kubectl_output(&[
-            "wait",
-            "--for",
-            "condition=established",
-            "crd/operatorports.portplane.dev",
-            "--timeout",
-            "30s",
-        ])
-        .unwrap();
+    wait_crd_established(plane);
     let explain = plane
         .kubectl_output(&["explain", "operatorport.spec"])
         .unwrap();
