@@ -168,7 +168,7 @@ fn two_services_one_hostname_and_near_miss_get_conditions_and_events() {
     s.apply(&s.service_yaml(
         "typo",
         "ClusterIP",
-        &[(81, None)],
+        &[(81, None), (82, None)],
         &[("tailscale.com/expose", "True")],
     ));
 
@@ -221,6 +221,15 @@ fn two_services_one_hostname_and_near_miss_get_conditions_and_events() {
             .filter(|l| l.contains("HostnameConflict"))
             .count(),
         2,
+        "{events}"
+    );
+    // The near miss shows on both of typo's ports; the Service hears of it once.
+    assert_eq!(
+        events
+            .lines()
+            .filter(|l| l.contains("ExposeAnnotationIgnored"))
+            .count(),
+        1,
         "{events}"
     );
 

@@ -2,7 +2,7 @@
 //! status through the status subresource, orphans deleted, an Event on the
 //! Service for every problem that newly appears.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -37,7 +37,7 @@ pub async fn write_difference(ctx: &Context, desired: &Desired) -> Result<(), Er
         return Ok(());
     }
     tracing::debug!(writes = plan.len(), "applying plan");
-    let results: Vec<Result<(), Error>> = futures::stream::iter(plan)
+    let results: Vec<Result<Vec<WarningEvent>, Error>> = futures::stream::iter(plan)
         .map(|(name, action)| {
             let current = existing.get(&name).cloned();
             async move { execute(ctx, &name, action, current).await }
@@ -46,13 +46,31 @@ pub async fn write_difference(ctx: &Context, desired: &Desired) -> Result<(), Er
         .collect()
         .await;
     let mut first_error = None;
+    // A problem of the whole Service (a near-miss annotation, a hostname
+    // clash) shows on each of its ports; the Service hears of it once.
+    let mut events = BTreeSet::new();
     for r in results {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "write failed");
-            first_error.get_or_insert(e);
+        match r {
+            Ok(new) => events.extend(new),
+            Err(e) => {
+                tracing::warn!(error = %e, "write failed");
+                first_error.get_or_insert(e);
+            }
         }
     }
+    for event in &events {
+        publish_event(ctx, event).await;
+    }
     first_error.map_or(Ok(()), Err)
+}
+
+/// A Warning Event owed to a Service for a condition that newly turned true.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct WarningEvent {
+    namespace: String,
+    service: String,
+    reason: String,
+    message: String,
 }
 
 async fn execute(
@@ -60,7 +78,7 @@ async fn execute(
     name: &str,
     action: Action,
     current: Option<Arc<OperatorPort>>,
-) -> Result<(), Error> {
+) -> Result<Vec<WarningEvent>, Error> {
     let api: Api<OperatorPort> = Api::all(ctx.client.clone());
     let params = PatchParams::apply(MANAGER).force();
     match action {
@@ -86,12 +104,13 @@ async fn execute(
             if applied.status.as_ref() == Some(&status) {
                 ctx.overlay.written(applied);
             } else {
-                write_status(ctx, &api, name, applied.status.as_ref(), status).await?;
+                let old = applied.status.clone();
+                return write_status(ctx, &api, name, old.as_ref(), status).await;
             }
         }
         Action::Status(status) => {
             let old = current.as_ref().and_then(|c| c.status.as_ref());
-            write_status(ctx, &api, name, old, *status).await?;
+            return write_status(ctx, &api, name, old, *status).await;
         }
         Action::Delete => {
             match api.delete(name, &DeleteParams::default()).await {
@@ -106,7 +125,7 @@ async fn execute(
             }
         }
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 async fn write_status(
@@ -115,7 +134,7 @@ async fn write_status(
     name: &str,
     old: Option<&OperatorPortStatus>,
     status: OperatorPortStatus,
-) -> Result<(), Error> {
+) -> Result<Vec<WarningEvent>, Error> {
     let body = json!({
         "apiVersion": "portplane.dev/v1alpha1",
         "kind": "OperatorPort",
@@ -126,45 +145,42 @@ async fn write_status(
         .patch_status(name, &params, &Patch::Apply(&body))
         .await?;
     ctx.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
-    for condition in newly_true(old, &status) {
-        publish_event(
-            ctx,
-            written.spec.service.as_ref(),
-            &condition.type_,
-            &condition.message,
-        )
-        .await;
-    }
+    let events = match written.spec.service.as_ref() {
+        Some(service) => newly_true(old, &status)
+            .into_iter()
+            .map(|condition| WarningEvent {
+                namespace: service.namespace.clone(),
+                service: service.name.clone(),
+                reason: condition.type_.clone(),
+                message: condition.message.clone(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     ctx.overlay.written(written);
-    Ok(())
+    Ok(events)
 }
 
 /// A Warning Event on the Service the port belongs to. Failing to publish is
 /// logged, never fatal: the condition on the OperatorPort carries the same news.
-async fn publish_event(
-    ctx: &Context,
-    service: Option<&crate::crd::ServiceRef>,
-    reason: &str,
-    message: &str,
-) {
-    let Some(service) = service else { return };
+async fn publish_event(ctx: &Context, warning: &WarningEvent) {
     let uid = ctx
         .stores
         .services
-        .get(&ObjectRef::new(&service.name).within(&service.namespace))
+        .get(&ObjectRef::new(&warning.service).within(&warning.namespace))
         .and_then(|s| s.metadata.uid.clone());
     let reference = ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Service".into()),
-        name: Some(service.name.clone()),
-        namespace: Some(service.namespace.clone()),
+        name: Some(warning.service.clone()),
+        namespace: Some(warning.namespace.clone()),
         uid,
         ..Default::default()
     };
     let event = Event {
         type_: EventType::Warning,
-        reason: reason.into(),
-        note: Some(message.chars().take(1000).collect()),
+        reason: warning.reason.clone(),
+        note: Some(warning.message.chars().take(1000).collect()),
         action: "Validate".into(),
         secondary: None,
     };
@@ -172,6 +188,6 @@ async fn publish_event(
         Ok(()) => {
             ctx.metrics.events.fetch_add(1, Ordering::Relaxed);
         }
-        Err(e) => tracing::warn!(error = %e, service = %service.name, "cannot publish event"),
+        Err(e) => tracing::warn!(error = %e, service = %warning.service, "cannot publish event"),
     }
 }
