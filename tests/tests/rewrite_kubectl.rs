@@ -14,8 +14,8 @@ use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::sshd::Sshd;
 use portplane_e2e::{free_port, workspace_bin};
 use rewrite_support::{
-    Agent, TALOSCONFIG, add_generation, agent_config, kubectl, server_of, user_kubeconfig,
-    wait_until,
+    Agent, TALOSCONFIG, add_generation, admin_credential, agent_config, kubectl, server_of,
+    user_kubeconfig, wait_until,
 };
 
 mod rewrite_support;
@@ -127,16 +127,7 @@ fn kubectl_reaches_the_apiserver_through_the_tunnel_with_the_rewritten_kubeconfi
     assert_eq!(server_of(cp, &kubeconfig, "joelclaw-1"), server);
 
     // talosctl re-creates the cluster: `joelclaw-2` appears; it is followed.
-    let raw = |jsonpath: &str| {
-        cp.kubectl_output(&[
-            "config",
-            "view",
-            "--raw",
-            "-o",
-            &format!("jsonpath={jsonpath}"),
-        ])
-        .unwrap()
-    };
+    let raw = |jsonpath: &str| admin_credential(cp, jsonpath);
     add_generation(
         cp,
         &kubeconfig,

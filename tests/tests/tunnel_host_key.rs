@@ -7,7 +7,7 @@ mod tunnel_support;
 use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, echo_once, echo_server, listen_port, wait_echo};
+use tunnel_support::{echo_agent, echo_once};
 
 #[test]
 fn changed_host_key_is_refused_with_a_clear_error() {
@@ -32,13 +32,7 @@ fn changed_host_key_is_refused_with_a_clear_error() {
     assert_ne!(strict, config);
     std::fs::write(sshd.ssh_config_path(), strict).unwrap();
 
-    let echo = echo_server();
-    let port = listen_port();
-    let agent = Agent::start(
-        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], "")
-            .replace("[ssh]\n", "[ssh]\noutage_grace = \"1s\"\n"),
-    );
-    wait_echo(&agent, port, Duration::from_secs(20));
+    let (agent, port) = echo_agent(&sshd, "outage_grace = \"1s\"\n");
 
     sshd.regenerate_host_key().unwrap();
     sshd.restart().unwrap();

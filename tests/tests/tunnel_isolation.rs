@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
 use tunnel_support::{
-    Agent, config_for, echo_once, echo_server, listen_port, source_server, wait_echo,
+    Agent, config_for, echo_agent, echo_once, echo_server, listen_port, source_server, wait_echo,
 };
 
 #[test]
@@ -70,14 +70,7 @@ fn stalled_reader_does_not_stall_an_active_transfer_or_keepalives() {
 #[test]
 fn two_hundred_concurrent_connections() {
     let sshd = Sshd::start().unwrap();
-    let echo = echo_server();
-    let port = listen_port();
-    let agent = Agent::start(&config_for(
-        &sshd,
-        &[("echo", port, format!("127.0.0.1:{echo}"))],
-        "",
-    ));
-    wait_echo(&agent, port, Duration::from_secs(20));
+    let (agent, port) = echo_agent(&sshd, "");
 
     // All 200 open at once before any of them talks.
     let mut conns: Vec<TcpStream> = (0..200)

@@ -6,19 +6,12 @@ mod tunnel_support;
 use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, echo_once, echo_server, listen_port, wait_echo};
+use tunnel_support::{echo_agent, echo_once};
 
 #[test]
 fn connection_during_an_outage_waits_for_the_new_session() {
     let mut sshd = Sshd::start().unwrap();
-    let echo = echo_server();
-    let port = listen_port();
-    let agent = Agent::start(&config_for(
-        &sshd,
-        &[("echo", port, format!("127.0.0.1:{echo}"))],
-        "",
-    ));
-    wait_echo(&agent, port, Duration::from_secs(20));
+    let (agent, port) = echo_agent(&sshd, "");
 
     sshd.stop();
     agent.wait_log("ssh session lost", 1, Duration::from_secs(15));
@@ -37,13 +30,7 @@ fn connection_during_an_outage_waits_for_the_new_session() {
 #[test]
 fn connection_is_closed_after_the_outage_grace() {
     let mut sshd = Sshd::start().unwrap();
-    let echo = echo_server();
-    let port = listen_port();
-    let agent = Agent::start(
-        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], "")
-            .replace("[ssh]\n", "[ssh]\noutage_grace = \"1s\"\n"),
-    );
-    wait_echo(&agent, port, Duration::from_secs(20));
+    let (agent, port) = echo_agent(&sshd, "outage_grace = \"1s\"\n");
     sshd.stop();
     agent.wait_log("ssh session lost", 1, Duration::from_secs(15));
     let started = std::time::Instant::now();

@@ -78,21 +78,25 @@ pub fn kubectl(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Result<St
     }
 }
 
+/// A field of the harness's admin kubeconfig, e.g.
+/// `{.users[0].user.client-key-data}`.
+pub fn admin_credential(cp: &ControlPlane, jsonpath: &str) -> String {
+    cp.kubectl_output(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        &format!("jsonpath={jsonpath}"),
+    ])
+    .unwrap()
+}
+
 /// A kubeconfig as `talosctl cluster create` leaves it after a re-create,
 /// written with `kubectl config`: `joelclaw` (dead port) and `joelclaw-1`
 /// (the VM's old published port, also dead now), with the harness's CA and
 /// admin credentials.
 pub fn user_kubeconfig(cp: &ControlPlane, path: &Path) {
-    let raw = |jsonpath: &str| {
-        cp.kubectl_output(&[
-            "config",
-            "view",
-            "--raw",
-            "-o",
-            &format!("jsonpath={jsonpath}"),
-        ])
-        .unwrap()
-    };
+    let raw = |jsonpath: &str| admin_credential(cp, jsonpath);
     let ca = raw("{.clusters[0].cluster.certificate-authority-data}");
     let cert = raw("{.users[0].user.client-certificate-data}");
     let key = raw("{.users[0].user.client-key-data}");

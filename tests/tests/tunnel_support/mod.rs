@@ -179,6 +179,19 @@ pub fn echo_once(port: u16, msg: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// An agent with one forward, "echo", to a fresh loopback echo server,
+/// returned once an echo goes through; `ssh_extra` lines go into `[ssh]`.
+pub fn echo_agent(sshd: &Sshd, ssh_extra: &str) -> (Agent, u16) {
+    let echo = echo_server();
+    let port = listen_port();
+    let agent = Agent::start(
+        &config_for(sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], "")
+            .replace("[ssh]\n", &format!("[ssh]\n{ssh_extra}")),
+    );
+    wait_echo(&agent, port, Duration::from_secs(20));
+    (agent, port)
+}
+
 /// Wait until an echo through the tunnel succeeds.
 pub fn wait_echo(agent: &Agent, port: u16, timeout: Duration) {
     wait_until(
