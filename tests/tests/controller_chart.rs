@@ -4,8 +4,9 @@
 //! here, so nothing waits for Pods).
 
 use portplane_e2e::cluster::ControlPlane;
-use portplane_e2e::controller::{CRD_PATH, crd_from_binary, wait_crd_established};
+use portplane_e2e::controller::{CRD_PATH, crd_from_binary, eventually, wait_crd_established};
 use portplane_e2e::repo_root;
+use std::time::Duration;
 
 #[test]
 fn chart_crd_matches_the_controller_types() {
@@ -105,9 +106,13 @@ fn helm_install_is_accepted_by_the_api_server_and_explain_helps() {
         assert!(kinds.contains(want), "{want} missing:\n{kinds}");
     }
     wait_crd_established(plane);
-    let explain = plane
-        .kubectl_output(&["explain", "operatorport.spec"])
-        .unwrap();
+    // Established means served, not yet published: the apiserver rebuilds
+    // its OpenAPI document (which `kubectl explain` reads) asynchronously.
+    let explain = eventually(
+        Duration::from_secs(60),
+        "kubectl explain to know operatorport.spec",
+        || plane.kubectl_output(&["explain", "operatorport.spec"]).ok(),
+    );
     assert!(
         explain.contains("plane") && explain.contains("Runtime"),
         "{explain}"
