@@ -45,7 +45,12 @@ fn main() -> anyhow::Result<()> {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
             };
-            let runtime = tokio::runtime::Runtime::new()?;
+            // One thread: the controller waits on the API server, it does not
+            // compute; cross-thread wake-ups cost more CPU than they save, and
+            // that CPU is the API server's on a small machine.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(portplane_controller::runtime::run(config))?;
             Ok(())
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::crd::OperatorPort;
 
@@ -19,9 +19,22 @@ struct Entry {
     at: Instant,
 }
 
+/// Past this many entries a write first drops those the watch has caught up
+/// with, so a large first convergence does not hold a second copy of every
+/// object it wrote.
+const PRUNE_AT: usize = 256;
+
 #[derive(Default)]
 pub struct Overlay {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_name: HashMap<String, Entry>,
+    /// Size at which the next prune runs: doubles past what a prune leaves,
+    /// so pruning stays amortised O(1) per write while the watch lags.
+    prune_at: usize,
 }
 
 fn rv(o: &OperatorPort) -> u64 {
@@ -34,29 +47,43 @@ fn rv(o: &OperatorPort) -> u64 {
         .unwrap_or(0)
 }
 
+/// Only spec, labels, status, generation and resourceVersion of an
+/// OperatorPort are ever compared; at 10,000 objects the rest of the metadata
+/// (managedFields above all) is most of the memory.
+pub fn trim(object: &mut OperatorPort) {
+    let meta = std::mem::take(&mut object.metadata);
+    object.metadata = kube::api::ObjectMeta {
+        name: meta.name,
+        labels: meta.labels,
+        generation: meta.generation,
+        resource_version: meta.resource_version,
+        ..Default::default()
+    };
+}
+
 impl Overlay {
-    pub fn written(&self, mut object: OperatorPort) {
+    pub fn written(&self, mut object: OperatorPort, store: &Store<OperatorPort>) {
         let Some(name) = object.metadata.name.clone() else {
             return;
         };
-        // Only spec, labels, status, generation and resourceVersion are ever
-        // compared; at 10,000 objects the rest (managedFields above all) is
-        // most of the memory.
-        let meta = std::mem::take(&mut object.metadata);
-        object.metadata = kube::api::ObjectMeta {
-            name: meta.name,
-            labels: meta.labels,
-            generation: meta.generation,
-            resource_version: meta.resource_version,
-            ..Default::default()
-        };
+        trim(&mut object);
         let entry = Entry {
             resource_version: rv(&object),
             object: Some(Arc::new(object)),
             at: Instant::now(),
         };
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(name, entry);
+            if entries.by_name.len() >= entries.prune_at.max(PRUNE_AT) {
+                entries.by_name.retain(|name, entry| {
+                    let caught_up = entry.object.is_some()
+                        && store
+                            .get(&ObjectRef::new(name))
+                            .is_some_and(|seen| rv(&seen) >= entry.resource_version);
+                    !caught_up && entry.at.elapsed() <= TRUST
+                });
+                entries.prune_at = 2 * entries.by_name.len();
+            }
+            entries.by_name.insert(name, entry);
         }
     }
 
@@ -67,7 +94,7 @@ impl Overlay {
             at: Instant::now(),
         };
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(name.to_string(), entry);
+            entries.by_name.insert(name.to_string(), entry);
         }
     }
 
@@ -81,7 +108,7 @@ impl Overlay {
         let Ok(mut entries) = self.entries.lock() else {
             return objects;
         };
-        entries.retain(|name, entry| {
+        entries.by_name.retain(|name, entry| {
             if entry.at.elapsed() > TRUST {
                 return false;
             }

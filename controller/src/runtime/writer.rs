@@ -76,7 +76,7 @@ struct WarningEvent {
 async fn execute(
     ctx: &Context,
     name: &str,
-    action: Action,
+    action: Action<'_>,
     current: Option<Arc<OperatorPort>>,
 ) -> Result<Vec<WarningEvent>, Error> {
     let api: Api<OperatorPort> = Api::all(ctx.client.clone());
@@ -102,7 +102,7 @@ async fn execute(
                 Timestamp::now(),
             );
             if applied.status.as_ref() == Some(&status) {
-                ctx.overlay.written(applied);
+                ctx.overlay.written(applied, &ctx.stores.operator_ports);
             } else {
                 let old = applied.status.clone();
                 return write_status(ctx, &api, name, old.as_ref(), status).await;
@@ -157,7 +157,7 @@ async fn write_status(
             .collect(),
         None => Vec::new(),
     };
-    ctx.overlay.written(written);
+    ctx.overlay.written(written, &ctx.stores.operator_ports);
     Ok(events)
 }
 
