@@ -301,6 +301,17 @@ async fn converge(
         .ok()
         .and_then(|m| m.values().filter_map(|(_, r)| *r).max())
         .map_or(t0.elapsed(), |last| last.saturating_duration_since(t0));
+    let (first_seen, last_seen) = seen
+        .lock()
+        .ok()
+        .map(|m| {
+            let at = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+            let first = m.values().map(|(s, _)| *s).min().map_or(0.0, at);
+            let last = m.values().map(|(s, _)| *s).max().map_or(0.0, at);
+            (first, last)
+        })
+        .unwrap_or_default();
+    eprintln!("bench: {n}: first OperatorPort at {first_seen:.2}s, last created at {last_seen:.2}s");
     task.abort();
 
     // Let in-flight writes settle, then count writes across two full resyncs.
