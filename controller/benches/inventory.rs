@@ -311,7 +311,9 @@ async fn converge(
             (first, last)
         })
         .unwrap_or_default();
-    eprintln!("bench: {n}: first OperatorPort at {first_seen:.2}s, last created at {last_seen:.2}s");
+    eprintln!(
+        "bench: {n}: first OperatorPort at {first_seen:.2}s, last created at {last_seen:.2}s"
+    );
     task.abort();
 
     // Let in-flight writes settle, then count writes across two full resyncs.

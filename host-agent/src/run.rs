@@ -11,9 +11,10 @@ use std::sync::atomic::AtomicU32;
 use crate::config::{AgentConfig, Forward};
 use crate::controller_link::{self, TunnelStatus};
 use crate::ownership;
+use crate::ssh::channel_sink::{Buffered, Limits};
 use crate::ssh::client_config::SshEnv;
 use crate::ssh::session::{SessionTuning, supported_ciphers};
-use crate::tunnel::connection::{Buffered, Limits, Shared};
+use crate::tunnel::connection::Shared;
 use crate::tunnel::listener::{self, BindError};
 use crate::tunnel::pool::{Pool, PoolConfig};
 
@@ -37,8 +38,6 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     let shared = Arc::new(Shared {
         pool,
         outage_grace: config.ssh.outage_grace,
-        limits: Limits::default(),
-        buffered: Buffered::default(),
     });
     let mut served = Vec::new();
     for (forward, listener) in bound {
@@ -110,6 +109,8 @@ fn pool_config(config: &AgentConfig) -> PoolConfig {
             keepalive_interval: config.ssh.keepalive_interval,
             keepalive_count_max: config.ssh.keepalive_count_max,
             handshake_timeout: Duration::from_secs(15),
+            limits: Limits::default(),
+            buffered: Arc::new(Buffered::default()),
         },
         initial_backoff: config.ssh.initial_backoff,
         max_backoff: config.ssh.max_backoff,

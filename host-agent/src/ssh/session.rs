@@ -5,10 +5,11 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use russh::client;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelId, client};
 use tokio::sync::oneshot;
 
+use super::channel_sink::{Buffered, Limits, Sinks};
 use super::client_config::ResolvedHost;
 use super::host_key::{HostKeyPolicy, HostKeyVerdict};
 
@@ -66,25 +67,66 @@ pub struct SessionTuning {
     pub keepalive_interval: Duration,
     pub keepalive_count_max: u32,
     pub handshake_timeout: Duration,
+    /// Bounds on data queued for clients that read slower than it arrives.
+    pub limits: Limits,
+    /// Agent-wide count of such data, shared by every session.
+    pub buffered: Arc<Buffered>,
 }
 
 /// A live session and a future that completes when it ends.
 pub struct Session {
     pub handle: client::Handle<TunnelHandler>,
+    /// Where the session delivers each channel's data.
+    pub sinks: Arc<Sinks>,
     pub closed: oneshot::Receiver<()>,
 }
 
-/// russh's per-session callbacks: host key checking, and a drop guard that
-/// tells the pool the session is gone (the handler lives exactly as long as
-/// the session task).
+/// russh's per-session callbacks: host key checking, channel data straight
+/// to the forwarded clients, and a drop guard that tells the pool the session
+/// is gone (the handler lives exactly as long as the session task).
 pub struct TunnelHandler {
     policy: HostKeyPolicy,
     refusal: Arc<Mutex<Option<String>>>,
+    sinks: Arc<Sinks>,
     _closed: oneshot::Sender<()>,
+}
+
+impl Drop for TunnelHandler {
+    fn drop(&mut self) {
+        self.sinks.finish_all();
+    }
 }
 
 impl client::Handler for TunnelHandler {
     type Error = russh::Error;
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.sinks.deliver(channel, data);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.sinks.finish(channel);
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.sinks.finish(channel);
+        Ok(())
+    }
 
     async fn check_server_key(
         &mut self,
@@ -137,6 +179,9 @@ fn cpu_has_aes() -> bool {
     }
 }
 
+/// Read-ahead on the SSH socket: a few of the largest packets.
+const READ_AHEAD: usize = 256 * 1024;
+
 /// The russh client config: an 8 MiB window and 64 KiB packets so a single
 /// stream is not window-bound on a fast link, TCP_NODELAY for request/reply
 /// latency, and the cipher order the ssh config resolved to.
@@ -148,11 +193,11 @@ pub fn client_config(host: &ResolvedHost, tuning: &SessionTuning) -> client::Con
         .collect();
     client::Config {
         window_size: 8 * 1024 * 1024,
-        maximum_packet_size: 64 * 1024,
+        // russh logs an error above 65535 (one TCP segment, it reasons).
+        maximum_packet_size: 65535,
         // Data is drained promptly by each connection's own task, so this
         // only smooths bursts (see tunnel::connection).
         channel_buffer_size: 64,
-        nodelay: true,
         keepalive_interval: Some(tuning.keepalive_interval),
         keepalive_max: tuning.keepalive_count_max as usize,
         preferred: russh::Preferred {
@@ -183,6 +228,7 @@ async fn connect_inner(
 ) -> Result<Session, SessionError> {
     let (closed_tx, closed) = oneshot::channel();
     let refusal = Arc::new(Mutex::new(None));
+    let sinks = Arc::new(Sinks::new(tuning.limits.clone(), tuning.buffered.clone()));
     let handler = TunnelHandler {
         policy: HostKeyPolicy {
             host: host.hostname.clone(),
@@ -191,22 +237,34 @@ async fn connect_inner(
             strict: host.strict_host_key_checking,
         },
         refusal: refusal.clone(),
+        sinks: sinks.clone(),
         _closed: closed_tx,
     };
     let config = Arc::new(client_config(host, tuning));
-    let mut handle =
-        match client::connect(config, (host.hostname.as_str(), host.port), handler).await {
-            Ok(handle) => handle,
-            Err(source) => {
-                if let Some(reason) = refusal.lock().ok().and_then(|mut r| r.take()) {
-                    return Err(SessionError::HostKeyRefused(reason));
-                }
-                return Err(SessionError::Connect {
-                    target: target.into(),
-                    source,
-                });
+    let connected = match tokio::net::TcpStream::connect((host.hostname.as_str(), host.port)).await
+    {
+        Ok(socket) => {
+            let _ = socket.set_nodelay(true);
+            // russh reads each packet with two exact reads (length, then
+            // body); a read-ahead buffer turns that into one read syscall per
+            // READ_AHEAD bytes. Writes pass straight through.
+            let socket = tokio::io::BufReader::with_capacity(READ_AHEAD, socket);
+            client::connect_stream(config, socket, handler).await
+        }
+        Err(e) => Err(russh::Error::IO(e)),
+    };
+    let mut handle = match connected {
+        Ok(handle) => handle,
+        Err(source) => {
+            if let Some(reason) = refusal.lock().ok().and_then(|mut r| r.take()) {
+                return Err(SessionError::HostKeyRefused(reason));
             }
-        };
+            return Err(SessionError::Connect {
+                target: target.into(),
+                source,
+            });
+        }
+    };
     let protocol = |source| SessionError::Protocol {
         target: target.into(),
         source,
@@ -233,7 +291,11 @@ async fn connect_inner(
             .await
             .map_err(protocol)?;
         if auth.success() {
-            return Ok(Session { handle, closed });
+            return Ok(Session {
+                handle,
+                sinks,
+                closed,
+            });
         }
         tried.push(format!("{} (refused)", file.display()));
     }

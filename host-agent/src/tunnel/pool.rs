@@ -13,10 +13,18 @@ use russh::client;
 use tokio::sync::watch;
 
 use super::backoff::{Backoff, jitter_seed};
+use crate::ssh::channel_sink::Sinks;
 use crate::ssh::client_config::{SshEnv, resolve_file};
 use crate::ssh::session::{self, SessionTuning, TunnelHandler};
 
-pub type SshHandle = Arc<client::Handle<TunnelHandler>>;
+/// A pooled session: the handle to open channels on, and where the session
+/// delivers their data (see `ssh::channel_sink`).
+pub struct PooledSession {
+    pub handle: client::Handle<TunnelHandler>,
+    pub sinks: Arc<Sinks>,
+}
+
+pub type SshHandle = Arc<PooledSession>;
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -54,7 +62,7 @@ impl Pool {
     pub fn live_sessions(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.borrow().as_ref().is_some_and(|h| !h.is_closed()))
+            .filter(|s| s.borrow().as_ref().is_some_and(|h| !h.handle.is_closed()))
             .count()
     }
 
@@ -83,7 +91,7 @@ impl Pool {
         let n = self.slots.len();
         (0..n).find_map(|i| {
             let slot = self.slots[(start + i) % n].borrow();
-            slot.as_ref().filter(|h| !h.is_closed()).cloned()
+            slot.as_ref().filter(|h| !h.handle.is_closed()).cloned()
         })
     }
 }
@@ -113,7 +121,10 @@ async fn supervise(config: Arc<PoolConfig>, slot: usize, tx: watch::Sender<Optio
                     port = host.port,
                     "ssh session up"
                 );
-                let _ = tx.send(Some(Arc::new(session.handle)));
+                let _ = tx.send(Some(Arc::new(PooledSession {
+                    handle: session.handle,
+                    sinks: session.sinks,
+                })));
                 // Resolves when the session task ends and drops its handler.
                 let _ = session.closed.await;
                 let _ = tx.send(None);

@@ -18,7 +18,8 @@ use portplane_e2e::free_port;
 use portplane_e2e::sshd::Sshd;
 
 const THROUGHPUT_SECS: u64 = 4;
-const ROUNDS: usize = 3;
+/// Alternating rounds (agent, ssh, agent, ...); BENCH_ROUNDS overrides.
+const ROUNDS: usize = 5;
 const NEW_CONN_SAMPLES: usize = 500;
 const RTT_SAMPLES: usize = 3000;
 
@@ -70,7 +71,11 @@ fn main() -> anyhow::Result<()> {
     // The machine is shared: alternate agent and ssh within each round and
     // keep the median of the rounds, so background load hits both alike.
     let mut samples: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
-    for _ in 0..ROUNDS {
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
+    for _ in 0..rounds {
         for (i, tunnel) in [&agent, &ssh].into_iter().enumerate() {
             samples[i].push(measure(tunnel)?);
         }
@@ -113,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         Err(_) => "never (ssh -L does not reconnect)".into(),
     };
 
-    println!("medians of {ROUNDS} alternating rounds; RSS under load is the peak\n");
+    println!("medians of {rounds} alternating rounds; RSS under load is the peak\n");
     println!(
         "| | 1 stream Gbit/s | 4 streams Gbit/s | new conn+echo p50 / p99 ms | round trip p50 / p99 ms | RSS idle / under load MiB | recovery after sshd restart |"
     );
