@@ -8,10 +8,16 @@
 //! to the client while nothing is queued (no task hop per packet, which is
 //! what made the agent slower than `ssh -L`), otherwise a queue that the
 //! connection's writer task empties. The queue is bounded per connection and
-//! agent-wide: russh 0.65 grants window on receipt, so it cannot push back
-//! through the SSH window; a client that leaves more than
-//! [`Limits::per_connection`] unread is disconnected instead of stalling or
-//! bloating the rest.
+//! agent-wide: russh 0.65 grants window on receipt (russh#770), so it cannot
+//! push back through the SSH window per channel. Instead:
+//! - a *slow* reader gets back-pressure: once its queue passes
+//!   [`Limits::pause_above`], the session stops reading until the queue
+//!   drains, for at most [`Limits::pause_budget`] in total until the client
+//!   has caught up completely (then the budget refills);
+//! - a *stalled* reader uses its budget once (others of the session wait at
+//!   most that long, far below the keepalive timeout), then queues up to
+//!   [`Limits::per_connection`] and is disconnected, instead of stalling or
+//!   bloating the rest.
 //!
 //! Data can arrive before the connection task learns its channel id (a server
 //! that speaks first); it waits in an unclaimed sink until claimed.
@@ -20,6 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use russh::ChannelId;
@@ -31,6 +38,11 @@ use tokio::sync::Notify;
 pub struct Limits {
     pub per_connection: usize,
     pub total: usize,
+    /// Queue size past which the session pauses for this client.
+    pub pause_above: usize,
+    /// Longest the session may pause, in total, for one client that has not
+    /// caught up in between.
+    pub pause_budget: Duration,
 }
 
 impl Default for Limits {
@@ -39,6 +51,8 @@ impl Default for Limits {
             // Twice the SSH window: a reader pausing for a moment is fine.
             per_connection: 16 * 1024 * 1024,
             total: 256 * 1024 * 1024,
+            pause_above: 1024 * 1024,
+            pause_budget: Duration::from_secs(1),
         }
     }
 }
@@ -93,9 +107,16 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             .clone()
     }
 
-    /// Data from the server for `id` (the session task calls this).
-    pub fn deliver(&self, id: K, data: &[u8]) {
-        self.sink(id).deliver(data, &self.limits, &self.total);
+    /// Data from the server for `id` (the session task calls this). Returns
+    /// at once unless the client is slow (see the module docs).
+    pub async fn deliver(&self, id: K, data: &[u8]) {
+        let sink = self.sink(id);
+        let Some(budget) = sink.deliver(data, &self.limits, &self.total) else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        let _ = tokio::time::timeout(budget, sink.drained(self.limits.pause_above / 2)).await;
+        sink.state().pause_budget_used += started.elapsed();
     }
 
     /// The server sent EOF or closed `id`: nothing more will come.
@@ -168,13 +189,30 @@ impl<K: Copy + Eq + Hash> Claimed<K> {
         }
     }
 
+    /// Resolves when the client is cut off for leaving too much unread; the
+    /// writer races this against a write the client may never take.
+    pub async fn overflowed(&self) -> &'static str {
+        loop {
+            let notified = self.sink.cut.notified();
+            if let Some(why) = self.sink.state().overflow {
+                return why;
+            }
+            notified.await;
+        }
+    }
+
     /// The chunk `next` returned has been written.
     pub fn written(&self) {
         let mut state = self.sink.state();
         let n = std::mem::take(&mut state.writing);
         state.queued -= n;
+        if state.queued == 0 {
+            // Caught up: a later slow patch may pause the session again.
+            state.pause_budget_used = Duration::ZERO;
+        }
         drop(state);
         self.sinks.total.sub(n);
+        self.sink.drained.notify_waiters();
     }
 }
 
@@ -196,13 +234,19 @@ impl<K: Copy + Eq + Hash> Drop for Claimed<K> {
         let left = std::mem::take(&mut state.queued);
         drop(state);
         self.sinks.total.sub(left);
+        self.sink.drained.notify_waiters();
     }
 }
 
 #[derive(Default)]
 struct Sink {
     state: Mutex<SinkState>,
+    /// Wakes the writer task: data queued, finished or overflowed.
     wake: Notify,
+    /// Wakes a paused session: the writer task wrote a chunk.
+    drained: Notify,
+    /// Wakes a writer blocked on its client: the client is cut off.
+    cut: Notify,
 }
 
 #[derive(Default)]
@@ -216,6 +260,7 @@ struct SinkState {
     writing: usize,
     finished: bool,
     overflow: Option<&'static str>,
+    pause_budget_used: Duration,
 }
 
 impl Sink {
@@ -224,16 +269,18 @@ impl Sink {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn deliver(&self, mut data: &[u8], limits: &Limits, total: &Buffered) {
+    /// Write or queue `data`; `Some(wait)` when the session should pause
+    /// (up to `wait`) for this slow client.
+    fn deliver(&self, mut data: &[u8], limits: &Limits, total: &Buffered) -> Option<Duration> {
         let mut state = self.state();
         if state.finished || state.overflow.is_some() {
-            return;
+            return None;
         }
         if state.queued == 0
             && let Some(client) = &state.client
         {
             match client.try_write(data) {
-                Ok(n) if n == data.len() => return,
+                Ok(n) if n == data.len() => return None,
                 Ok(n) => data = &data[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 // The client is gone; its writer task ends the connection.
@@ -241,7 +288,7 @@ impl Sink {
                     state.finished = true;
                     drop(state);
                     self.wake.notify_one();
-                    return;
+                    return None;
                 }
             }
         }
@@ -254,13 +301,38 @@ impl Sink {
             state.queued += n;
             state.queue.push_back(Bytes::copy_from_slice(data));
         }
+        if state.overflow.is_some() {
+            self.cut.notify_waiters();
+        }
+        // Unclaimed sinks never pause: nothing could drain them meanwhile.
+        let pause = (state.client.is_some()
+            && state.overflow.is_none()
+            && state.queued > limits.pause_above)
+            .then(|| limits.pause_budget.saturating_sub(state.pause_budget_used))
+            .filter(|left| !left.is_zero());
         drop(state);
         self.wake.notify_one();
+        pause
+    }
+
+    /// Resolves once at most `low` bytes are queued, or the sink ended.
+    async fn drained(&self, low: usize) {
+        loop {
+            let notified = self.drained.notified();
+            {
+                let state = self.state();
+                if state.queued <= low || state.finished || state.overflow.is_some() {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     fn finish(&self) {
         self.state().finished = true;
         self.wake.notify_one();
+        self.drained.notify_waiters();
     }
 }
 
@@ -296,6 +368,8 @@ mod tests {
         let limits = Limits {
             per_connection,
             total,
+            pause_above: 64 * 1024,
+            pause_budget: Duration::from_millis(200),
         };
         (Arc::new(Sinks::new(limits, buffered.clone())), buffered)
     }
@@ -323,11 +397,11 @@ mod tests {
     async fn data_before_the_claim_arrives_first_and_in_order() {
         let (sinks, buffered) = sinks(1 << 20, 1 << 20);
         let id = 7u32;
-        sinks.deliver(id, b"hello ");
+        sinks.deliver(id, b"hello ").await;
         assert_eq!(buffered.get(), 6, "unclaimed data is queued and counted");
         let (client, mut peer) = pair().await;
         let claimed = sinks.claim(id, client.clone());
-        sinks.deliver(id, b"world");
+        sinks.deliver(id, b"world").await;
         sinks.finish(id);
         assert_eq!(pump(&claimed, &client).await, None);
         drop(claimed);
@@ -344,7 +418,7 @@ mod tests {
         let id = 1u32;
         let (client, mut peer) = pair().await;
         let claimed = sinks.claim(id, client);
-        sinks.deliver(id, b"direct");
+        sinks.deliver(id, b"direct").await;
         assert_eq!(buffered.get(), 0, "nothing queued");
         let mut got = [0u8; 6];
         peer.read_exact(&mut got).await.unwrap();
@@ -360,9 +434,20 @@ mod tests {
         let claimed = sinks.claim(id, client);
         let chunk = vec![0u8; 32 * 1024];
         // Socket buffers take the first megabytes; then the queue fills.
+        let started = std::time::Instant::now();
         for _ in 0..4096 {
-            sinks.deliver(id, &chunk);
+            sinks.deliver(id, &chunk).await;
         }
+        let paused = started.elapsed();
+        // A writer blocked on the stalled client hears of it too.
+        let why = tokio::time::timeout(Duration::from_secs(1), claimed.overflowed())
+            .await
+            .expect("overflowed() resolves");
+        assert!(why.contains("per-connection"));
+        assert!(
+            paused >= Duration::from_millis(200) && paused < Duration::from_secs(2),
+            "the session paused once, for its budget: {paused:?}"
+        );
         match claimed.next().await {
             Next::Overflow(why) => assert!(why.contains("per-connection"), "{why}"),
             _ => panic!("expected an overflow"),
@@ -377,12 +462,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_reader_gets_back_pressure_instead_of_being_cut_off() {
+        let buffered = Arc::new(Buffered::default());
+        let limits = Limits {
+            per_connection: 1024 * 1024,
+            total: 1 << 30,
+            pause_above: 64 * 1024,
+            pause_budget: Duration::from_secs(5),
+        };
+        let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
+        let (client, mut peer) = pair().await;
+        let claimed = sinks.claim(9u32, client.clone());
+        const TOTAL: usize = 16 * 1024 * 1024;
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while got < TOTAL {
+                let n = peer.read(&mut buf).await.unwrap();
+                assert!(n > 0, "cut off after {got} bytes");
+                got += n;
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        });
+        let pump = async {
+            assert_eq!(pump(&claimed, &client).await, None, "no overflow");
+        };
+        let send = async {
+            let chunk = vec![7u8; 32 * 1024];
+            for _ in 0..TOTAL / chunk.len() {
+                sinks.deliver(9, &chunk).await;
+            }
+            sinks.finish(9);
+        };
+        tokio::join!(pump, send);
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn the_agent_wide_budget_is_shared_by_connections() {
         let (sinks, buffered) = sinks(1 << 30, 64 * 1024);
         let (a, b) = (1u32, 2u32);
         // Unclaimed: nothing can be written, everything queues.
-        sinks.deliver(a, &[0u8; 48 * 1024]);
-        sinks.deliver(b, &[0u8; 48 * 1024]);
+        sinks.deliver(a, &[0u8; 48 * 1024]).await;
+        sinks.deliver(b, &[0u8; 48 * 1024]).await;
         let (client, _peer) = pair().await;
         let claimed = sinks.claim(b, client);
         match claimed.next().await {

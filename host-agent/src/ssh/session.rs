@@ -106,7 +106,7 @@ impl client::Handler for TunnelHandler {
         data: &[u8],
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        self.sinks.deliver(channel, data);
+        self.sinks.deliver(channel, data).await;
         Ok(())
     }
 

@@ -47,7 +47,11 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
     let outcome = loop {
         match sink.next().await {
             Next::Write(data) => {
-                let written = write_all(&client_write, &data).await;
+                // A client that stopped reading never finishes this write.
+                let written = tokio::select! {
+                    written = write_all(&client_write, &data) => written,
+                    why = sink.overflowed() => break Some(why),
+                };
                 sink.written();
                 if written.is_err() {
                     break None;
