@@ -1,0 +1,174 @@
+//! Sinks against real loopback sockets.
+
+use super::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A loopback connection: (our write half, the peer that reads it).
+async fn pair() -> (Arc<OwnedWriteHalf>, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ours = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (peer, _) = listener.accept().await.unwrap();
+    let (_read, write) = ours.into_split();
+    (Arc::new(write), peer)
+}
+
+fn sinks(per_connection: usize, total: usize) -> (Arc<Sinks<u32>>, Arc<Buffered>) {
+    let buffered = Arc::new(Buffered::default());
+    let limits = Limits {
+        per_connection,
+        total,
+        pause_above: 64 * 1024,
+        pause_budget: Duration::from_millis(200),
+    };
+    (Arc::new(Sinks::new(limits, buffered.clone())), buffered)
+}
+
+async fn pump(claimed: &Claimed<u32>, client: &OwnedWriteHalf) -> Option<&'static str> {
+    loop {
+        match claimed.next().await {
+            Next::Write(data) => {
+                let mut rest: &[u8] = &data;
+                while !rest.is_empty() {
+                    client.writable().await.unwrap();
+                    if let Ok(n) = client.try_write(rest) {
+                        rest = &rest[n..];
+                    }
+                }
+                claimed.written();
+            }
+            Next::Done => return None,
+            Next::Overflow(why) => return Some(why),
+        }
+    }
+}
+
+#[tokio::test]
+async fn data_before_the_claim_arrives_first_and_in_order() {
+    let (sinks, buffered) = sinks(1 << 20, 1 << 20);
+    let id = 7u32;
+    sinks.deliver(id, b"hello ").await;
+    assert_eq!(buffered.get(), 6, "unclaimed data is queued and counted");
+    let (client, mut peer) = pair().await;
+    let claimed = sinks.claim(id, client.clone());
+    sinks.deliver(id, b"world").await;
+    sinks.finish(id);
+    assert_eq!(pump(&claimed, &client).await, None);
+    drop(claimed);
+    drop(client);
+    let mut got = String::new();
+    peer.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "hello world");
+    assert_eq!(buffered.get(), 0);
+}
+
+#[tokio::test]
+async fn a_reader_that_keeps_up_is_written_to_directly() {
+    let (sinks, buffered) = sinks(1 << 20, 1 << 20);
+    let id = 1u32;
+    let (client, mut peer) = pair().await;
+    let claimed = sinks.claim(id, client);
+    sinks.deliver(id, b"direct").await;
+    assert_eq!(buffered.get(), 0, "nothing queued");
+    let mut got = [0u8; 6];
+    peer.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"direct");
+    drop(claimed);
+}
+
+#[tokio::test]
+async fn a_stalled_reader_overflows_its_own_limit_and_frees_the_budget() {
+    let (sinks, buffered) = sinks(256 * 1024, 1 << 30);
+    let id = 3u32;
+    let (client, _peer_never_reads) = pair().await;
+    let claimed = sinks.claim(id, client);
+    let chunk = vec![0u8; 32 * 1024];
+    // Socket buffers take the first megabytes; then the queue fills.
+    let started = std::time::Instant::now();
+    for _ in 0..4096 {
+        sinks.deliver(id, &chunk).await;
+    }
+    let paused = started.elapsed();
+    // A writer blocked on the stalled client hears of it too.
+    let why = tokio::time::timeout(Duration::from_secs(1), claimed.overflowed())
+        .await
+        .expect("overflowed() resolves");
+    assert!(why.contains("per-connection"));
+    assert!(
+        paused >= Duration::from_millis(200) && paused < Duration::from_secs(2),
+        "the session paused once, for its budget: {paused:?}"
+    );
+    match claimed.next().await {
+        Next::Overflow(why) => assert!(why.contains("per-connection"), "{why}"),
+        _ => panic!("expected an overflow"),
+    }
+    assert!(buffered.get() > 0);
+    drop(claimed);
+    assert_eq!(
+        buffered.get(),
+        0,
+        "a closed connection gives its bytes back"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_reader_gets_back_pressure_instead_of_being_cut_off() {
+    let buffered = Arc::new(Buffered::default());
+    let limits = Limits {
+        per_connection: 1024 * 1024,
+        total: 1 << 30,
+        pause_above: 64 * 1024,
+        pause_budget: Duration::from_secs(5),
+    };
+    let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
+    let (client, mut peer) = pair().await;
+    let claimed = sinks.claim(9u32, client.clone());
+    const TOTAL: usize = 16 * 1024 * 1024;
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < TOTAL {
+            let n = peer.read(&mut buf).await.unwrap();
+            assert!(n > 0, "cut off after {got} bytes");
+            got += n;
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    });
+    let pump = async {
+        assert_eq!(pump(&claimed, &client).await, None, "no overflow");
+    };
+    let send = async {
+        let chunk = vec![7u8; 32 * 1024];
+        for _ in 0..TOTAL / chunk.len() {
+            sinks.deliver(9, &chunk).await;
+        }
+        sinks.finish(9);
+    };
+    tokio::join!(pump, send);
+    reader.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_agent_wide_budget_is_shared_by_connections() {
+    let (sinks, buffered) = sinks(1 << 30, 64 * 1024);
+    let (a, b) = (1u32, 2u32);
+    // Unclaimed: nothing can be written, everything queues.
+    sinks.deliver(a, &[0u8; 48 * 1024]).await;
+    sinks.deliver(b, &[0u8; 48 * 1024]).await;
+    let (client, _peer) = pair().await;
+    let claimed = sinks.claim(b, client);
+    match claimed.next().await {
+        Next::Overflow(why) => assert!(why.contains("total"), "{why}"),
+        _ => panic!("expected the total budget to refuse"),
+    }
+    assert_eq!(buffered.get(), 48 * 1024);
+    drop(claimed);
+    drop(sinks);
+    assert_eq!(
+        buffered.get(),
+        0,
+        "unclaimed bytes are returned with the session"
+    );
+}
