@@ -141,6 +141,19 @@ impl ControlPlane {
     pub fn stop(&self) {
         stop_state_dir(&self.state_dir);
     }
+
+    /// Stop kube-apiserver and start it again on the same port (etcd and its
+    /// data stay): every client's watches break and must be re-established.
+    pub fn restart_apiserver(&self) -> anyhow::Result<()> {
+        let output = script(&self.state_dir).arg("restart-apiserver").output()?;
+        if !output.status.success() {
+            bail!(
+                "scripts/cluster restart-apiserver failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Drop for ControlPlane {
