@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use portplane_e2e::free_port;
-use portplane_e2e::sshd::Sshd;
+use portplane_e2e::sshd::{Sshd, descendants};
 
 const THROUGHPUT_SECS: u64 = 4;
 /// Alternating rounds (agent, ssh, agent, ...); BENCH_ROUNDS overrides.
@@ -48,6 +48,10 @@ struct Row {
     rtt_p99: f64,
     rss_idle: f64,
     rss_load: f64,
+    /// CPU milliseconds per GB moved, 4 streams: the tunnel's client
+    /// process (agent or ssh) and the sshd processes serving it.
+    cpu_client_4: f64,
+    cpu_sshd_4: f64,
     recovery: String,
 }
 
@@ -77,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(ROUNDS);
     for _ in 0..rounds {
         for (i, tunnel) in [&agent, &ssh].into_iter().enumerate() {
-            samples[i].push(measure(tunnel)?);
+            samples[i].push(measure(tunnel, &sshd)?);
         }
     }
     let mut rows: Vec<Row> = samples
@@ -92,6 +96,8 @@ fn main() -> anyhow::Result<()> {
             rtt_p99: median(rounds.iter().map(|r| r.rtt_p99)),
             rss_idle,
             rss_load: rounds.iter().map(|r| r.rss_load).fold(0.0, f64::max),
+            cpu_client_4: median(rounds.iter().map(|r| r.cpu_client_4)),
+            cpu_sshd_4: median(rounds.iter().map(|r| r.cpu_sshd_4)),
             recovery: String::new(),
         })
         .collect();
@@ -144,16 +150,37 @@ fn main() -> anyhow::Result<()> {
         rows[0].gbit_4 / rows[1].gbit_4,
         rows[0].new_p50 / rows[1].new_p50
     );
+    // Throughput swings with the machine's other load; CPU per byte does
+    // not, and says where a 2-core machine's cycles go.
+    println!("\nCPU per GB moved, 4 streams (medians):\n");
+    println!("| | tunnel client (agent / ssh) ms/GB | sshd ms/GB | together ms/GB |");
+    println!("|---|---|---|---|");
+    for (t, r) in [&agent, &ssh].iter().zip(&rows) {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} |",
+            t.label,
+            r.cpu_client_4,
+            r.cpu_sshd_4,
+            r.cpu_client_4 + r.cpu_sshd_4
+        );
+    }
     drop(ssh);
     drop(agent);
     Ok(())
 }
 
 /// One round of every measurement through `tunnel`.
-fn measure(tunnel: &Tunnel) -> anyhow::Result<Row> {
+fn measure(tunnel: &Tunnel, sshd: &Sshd) -> anyhow::Result<Row> {
     let mut row = Row {
-        gbit_1: throughput(tunnel.source_port, 1)?,
+        gbit_1: throughput(tunnel.source_port, 1)?.0,
         ..Row::default()
+    };
+    let sshd_pid = sshd.pid().context("sshd is not running")?;
+    let sshd_ticks = || {
+        descendants(sshd_pid)
+            .into_iter()
+            .map(cpu_ticks)
+            .sum::<u64>()
     };
     let pid = tunnel.proc.0.id();
     let peak = Arc::new(AtomicU64::new(0));
@@ -167,7 +194,12 @@ fn measure(tunnel: &Tunnel) -> anyhow::Result<Row> {
             }
         })
     };
-    row.gbit_4 = throughput(tunnel.source_port, 4)?;
+    let (client_before, sshd_before) = (cpu_ticks(pid), sshd_ticks());
+    let bytes;
+    (row.gbit_4, bytes) = throughput(tunnel.source_port, 4)?;
+    let per_gb = |ticks: u64| ticks as f64 * 1000.0 / ticks_per_second() / (bytes as f64 / 1e9);
+    row.cpu_client_4 = per_gb(cpu_ticks(pid) - client_before);
+    row.cpu_sshd_4 = per_gb(sshd_ticks().saturating_sub(sshd_before));
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     row.rss_load = peak.load(Ordering::Relaxed) as f64 / 1024.0;
@@ -190,8 +222,14 @@ fn start_agent(
     work: &tempfile::TempDir,
 ) -> anyhow::Result<Tunnel> {
     let (echo_port, source_port) = (free_port()?, free_port()?);
+    // BENCH_AGENT_SESSIONS sets the pool size (default: the agent's own).
+    let sessions = std::env::var("BENCH_AGENT_SESSIONS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .map(|n| format!("sessions = {n}\n"))
+        .unwrap_or_default();
     let config = format!(
-        "name = \"bench\"\n[ssh]\nconfig = \"{}\"\nhost = \"{}\"\n\
+        "name = \"bench\"\n[ssh]\n{sessions}config = \"{}\"\nhost = \"{}\"\n\
          [[forward]]\nname = \"echo\"\nlisten = \"127.0.0.1:{echo_port}\"\ntarget = \"127.0.0.1:{echo}\"\n\
          [[forward]]\nname = \"source\"\nlisten = \"127.0.0.1:{source_port}\"\ntarget = \"127.0.0.1:{source}\"\n\
          [kubeconfig]\nforward = \"echo\"\npath = \"{dir}/kubeconfig\"\n\
@@ -293,13 +331,15 @@ fn wait_echo(port: u16, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Gbit/s received over `streams` parallel connections for THROUGHPUT_SECS.
-fn throughput(port: u16, streams: usize) -> anyhow::Result<f64> {
+/// Gbit/s received over `streams` parallel connections for THROUGHPUT_SECS,
+/// and every byte moved (warm-up included, for CPU per byte).
+fn throughput(port: u16, streams: usize) -> anyhow::Result<(f64, u64)> {
     let total = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_SECS + 1);
     let threads: Vec<_> = (0..streams)
         .map(|_| {
-            let total = total.clone();
+            let (total, all) = (total.clone(), all.clone());
             std::thread::spawn(move || -> std::io::Result<()> {
                 let mut s = TcpStream::connect(("127.0.0.1", port))?;
                 let mut buf = vec![0u8; 256 * 1024];
@@ -310,6 +350,7 @@ fn throughput(port: u16, streams: usize) -> anyhow::Result<f64> {
                     if n == 0 {
                         break;
                     }
+                    all.fetch_add(n as u64, Ordering::Relaxed);
                     if Instant::now() >= count_from {
                         total.fetch_add(n as u64, Ordering::Relaxed);
                     }
@@ -321,7 +362,10 @@ fn throughput(port: u16, streams: usize) -> anyhow::Result<f64> {
     for t in threads {
         t.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
     }
-    Ok(total.load(Ordering::Relaxed) as f64 * 8.0 / 1e9 / THROUGHPUT_SECS as f64)
+    Ok((
+        total.load(Ordering::Relaxed) as f64 * 8.0 / 1e9 / THROUGHPUT_SECS as f64,
+        all.load(Ordering::Relaxed),
+    ))
 }
 
 fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
@@ -352,6 +396,24 @@ fn round_trip_latency(port: u16) -> anyhow::Result<(f64, f64)> {
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(percentiles(samples))
+}
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after "(comm) ": state is the first, utime the 12th.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// /proc reports process times in USER_HZ, which Linux fixes at 100 for
+/// user space whatever the kernel's own tick rate.
+fn ticks_per_second() -> f64 {
+    100.0
 }
 
 fn rss_mib(pid: u32) -> f64 {
