@@ -189,6 +189,29 @@ impl<K: Copy + Eq + Hash> Claimed<K> {
         }
     }
 
+    /// The connection's writer: write what had to be queued, in order, until
+    /// the server finished (`Ok`, also when the client went away) or the
+    /// client was cut off for leaving too much unread (`Err`, the limit).
+    pub async fn write_queued_to(&self, client: &OwnedWriteHalf) -> Result<(), &'static str> {
+        loop {
+            match self.next().await {
+                Next::Write(data) => {
+                    // A client that stopped reading never finishes this write.
+                    let written = tokio::select! {
+                        written = write_all(client, &data) => written,
+                        why = self.overflowed() => return Err(why),
+                    };
+                    self.written();
+                    if written.is_err() {
+                        return Ok(());
+                    }
+                }
+                Next::Done => return Ok(()),
+                Next::Overflow(why) => return Err(why),
+            }
+        }
+    }
+
     /// Resolves when the client is cut off for leaving too much unread; the
     /// writer races this against a write the client may never take.
     pub async fn overflowed(&self) -> &'static str {
@@ -334,6 +357,18 @@ impl Sink {
         self.wake.notify_one();
         self.drained.notify_waiters();
     }
+}
+
+async fn write_all(client: &OwnedWriteHalf, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        client.writable().await?;
+        match client.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl<K> Drop for Sinks<K> {

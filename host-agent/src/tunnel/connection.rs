@@ -12,11 +12,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use super::pool::{Pool, SshHandle};
 use crate::config::Target;
-use crate::ssh::channel_sink::Next;
 
 pub struct Shared {
     pub pool: Arc<Pool>,
@@ -44,28 +42,12 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
 
     let upstream = tokio::spawn(client_to_server(client_read, to_server));
     let abort_upstream = upstream.abort_handle();
-    let outcome = loop {
-        match sink.next().await {
-            Next::Write(data) => {
-                // A client that stopped reading never finishes this write.
-                let written = tokio::select! {
-                    written = write_all(&client_write, &data) => written,
-                    why = sink.overflowed() => break Some(why),
-                };
-                sink.written();
-                if written.is_err() {
-                    break None;
-                }
-            }
-            Next::Done => break None,
-            Next::Overflow(why) => break Some(why),
-        }
-    };
+    let outcome = sink.write_queued_to(&client_write).await;
     // The sink held the other reference: dropping both shuts the client's
     // write side, so it sees EOF once it has read everything.
     drop(sink);
     drop(client_write);
-    if let Some(why) = outcome {
+    if let Err(why) = outcome {
         tracing::warn!(forward, ?peer, "closing connection: {why}");
         abort_upstream.abort();
     }
@@ -98,18 +80,6 @@ async fn client_to_server(
             }
         }
     }
-}
-
-async fn write_all(client: &OwnedWriteHalf, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        client.writable().await?;
-        match client.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 async fn open_channel(
