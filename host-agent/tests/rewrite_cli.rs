@@ -11,14 +11,8 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_portplane-agent");
 const PAUSE: &str = "PORTPLANE_TEST_PAUSE_BEFORE_RENAME";
 
-fn fixture(name: &str) -> String {
-    fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
-}
+mod fixtures_support;
+use fixtures_support::fixture;
 
 struct Home {
     dir: tempfile::TempDir,

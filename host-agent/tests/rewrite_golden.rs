@@ -5,26 +5,17 @@
 //! the diff before committing.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use portplane_agent::rewrite::kubeconfig::{self, KubeTarget};
 use portplane_agent::rewrite::talosconfig::{self, TalosTarget};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn read(name: &str) -> String {
-    std::fs::read_to_string(fixture(name)).unwrap()
-}
+mod fixtures_support;
+use fixtures_support::{fixture, fixture_path};
 
 fn golden(name: &str, actual: &str) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(fixture(name), actual).unwrap();
+        std::fs::write(fixture_path(name), actual).unwrap();
     }
-    let expected = read(name);
+    let expected = fixture(name);
     assert!(
         expected == actual,
         "{name} differs:\n--- expected\n{expected}\n--- actual\n{actual}"
@@ -48,7 +39,7 @@ fn dead_63324(_host: &str, port: u16) -> bool {
 
 #[test]
 fn kubeconfig_newest_generation_gets_the_forward_and_keeps_its_ca() {
-    let before = read("kubeconfig.two-generations.yaml");
+    let before = fixture("kubeconfig.two-generations.yaml");
     let out = kubeconfig::rewrite(&before, &kube_target(), &mut dead_63324).unwrap();
     assert!(out.changed);
     assert_eq!(out.report.cluster, "joelclaw-1");
@@ -85,7 +76,7 @@ fn kubeconfig_newest_generation_gets_the_forward_and_keeps_its_ca() {
 
 #[test]
 fn kubeconfig_insecure_only_when_asked_and_then_without_the_ca() {
-    let before = read("kubeconfig.two-generations.yaml");
+    let before = fixture("kubeconfig.two-generations.yaml");
     let target = KubeTarget {
         insecure_skip_tls_verify: true,
         ..kube_target()
@@ -104,7 +95,7 @@ fn kubeconfig_insecure_only_when_asked_and_then_without_the_ca() {
 
 #[test]
 fn kubeconfig_tls_server_name_when_the_listen_address_is_not_a_san() {
-    let before = read("kubeconfig.two-generations.yaml");
+    let before = fixture("kubeconfig.two-generations.yaml");
     let target = KubeTarget {
         server: "https://127.0.0.2:16443".into(),
         tls_server_name: Some("10.5.0.2".into()),
@@ -119,7 +110,7 @@ fn kubeconfig_tls_server_name_when_the_listen_address_is_not_a_san() {
 
 #[test]
 fn kubeconfig_prunes_the_dead_generation_only_when_asked() {
-    let before = read("kubeconfig.two-generations.yaml");
+    let before = fixture("kubeconfig.two-generations.yaml");
     let target = KubeTarget {
         prune_stale: true,
         ..kube_target()
@@ -145,7 +136,7 @@ fn kubeconfig_prunes_the_dead_generation_only_when_asked() {
 
 #[test]
 fn kubeconfig_second_run_changes_nothing() {
-    let before = read("kubeconfig.two-generations.yaml");
+    let before = fixture("kubeconfig.two-generations.yaml");
     let once = kubeconfig::rewrite(&before, &kube_target(), &mut dead_63324).unwrap();
     let twice = kubeconfig::rewrite(&once.text, &kube_target(), &mut dead_63324).unwrap();
     assert!(!twice.changed);
@@ -154,7 +145,7 @@ fn kubeconfig_second_run_changes_nothing() {
 
 #[test]
 fn talosconfig_newest_context_gets_endpoint_and_node() {
-    let before = read("talosconfig.two-generations.yaml");
+    let before = fixture("talosconfig.two-generations.yaml");
     let target = TalosTarget {
         context: "joelclaw".into(),
         endpoint: "127.0.0.1:15000".into(),

@@ -4,21 +4,13 @@
 //! changed.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 use portplane_agent::rewrite::kubeconfig::{self, KubeTarget};
 use portplane_agent::rewrite::talosconfig::{self, TalosTarget};
 use proptest::prelude::*;
 use serde_yaml::Value;
 
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
-}
+mod fixtures_support;
+use fixtures_support::fixture;
 
 /// A value as YAML text at `indent`: a string (plain or double-quoted), a
 /// flow list, or a nested block mapping.

@@ -9,14 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use portplane_agent::config::AgentConfig;
 use portplane_agent::rewrite::{Env, keep_rewritten_with};
 
-fn fixture(name: &str) -> String {
-    fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
-}
+mod fixtures_support;
+use fixtures_support::fixture;
 
 async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let started = Instant::now();
