@@ -15,7 +15,7 @@ use portplane_e2e::sshd::Sshd;
 use portplane_e2e::{free_port, workspace_bin};
 use rewrite_support::{
     Agent, TALOSCONFIG, add_generation, admin_credential, agent_config, kubectl, server_of,
-    user_kubeconfig, wait_until,
+    user_home, user_kubeconfig, wait_until,
 };
 
 mod rewrite_support;
@@ -25,11 +25,7 @@ fn kubectl_reaches_the_apiserver_through_the_tunnel_with_the_rewritten_kubeconfi
     let cp = ControlPlane::shared();
     let apiserver = cp.apiserver_port().unwrap();
     let sshd = Sshd::start().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let kubeconfig = home.path().join(".kube/config");
-    user_kubeconfig(cp, &kubeconfig);
-    fs::create_dir_all(home.path().join(".talos")).unwrap();
-    fs::write(home.path().join(".talos/config"), TALOSCONFIG).unwrap();
+    let (home, kubeconfig) = user_home(cp);
     let (kube_listen, talos_listen) = (free_port().unwrap(), free_port().unwrap());
     let agent = Agent::start(
         home.path(),
@@ -313,11 +309,7 @@ fn on_a_loopback_address_the_certificate_does_not_name_tls_is_verified_by_name()
     let cp = ControlPlane::shared();
     let apiserver = cp.apiserver_port().unwrap();
     let sshd = Sshd::start().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let kubeconfig = home.path().join(".kube/config");
-    user_kubeconfig(cp, &kubeconfig);
-    fs::create_dir_all(home.path().join(".talos")).unwrap();
-    fs::write(home.path().join(".talos/config"), TALOSCONFIG).unwrap();
+    let (home, kubeconfig) = user_home(cp);
     let kube_listen = free_port().unwrap();
     // 127.0.0.2 is loopback but not on the certificate (127.0.0.1,
     // localhost, 10.5.0.2): the rewrite must name the target instead.

@@ -107,6 +107,18 @@ pub fn user_kubeconfig(cp: &ControlPlane, path: &Path) {
     kubectl(cp, path, &["config", "use-context", "admin@joelclaw-1"]).unwrap();
 }
 
+/// A home folder as the user has it: `~/.kube/config` from
+/// [`user_kubeconfig`] and `~/.talos/config` as talosctl left it. Returns the
+/// folder and the kubeconfig's path.
+pub fn user_home(cp: &ControlPlane) -> (tempfile::TempDir, std::path::PathBuf) {
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join(".kube/config");
+    user_kubeconfig(cp, &kubeconfig);
+    fs::create_dir_all(home.path().join(".talos")).unwrap();
+    fs::write(home.path().join(".talos/config"), TALOSCONFIG).unwrap();
+    (home, kubeconfig)
+}
+
 pub fn add_generation(cp: &ControlPlane, path: &Path, name: &str, ca: &str, cert: &str, key: &str) {
     let dead = free_port().unwrap();
     let user = format!("admin@{name}");
