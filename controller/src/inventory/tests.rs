@@ -70,6 +70,19 @@ fn run(services: &[Service], config: &Config) -> Desired {
     )
 }
 
+/// One agent reporting that Docker publishes `container` on host `host`.
+fn agent_maps_host_port(host: u16, container: u16) -> AgentReports {
+    AgentReports {
+        host_ports: vec![HostPortReport {
+            agent: "panda".into(),
+            host_port: host,
+            container_port: container,
+            protocol: "TCP".into(),
+        }],
+        tunnels: Vec::new(),
+    }
+}
+
 fn kinds(d: &Desired, name: &str) -> Vec<FindingKind> {
     d[name].findings.iter().map(|f| f.kind).collect()
 }
@@ -149,15 +162,7 @@ fn seed_node_port_table_becomes_one_object_per_port_plus_operator_ports() {
 
 #[test]
 fn pds_asymmetric_mapping_uses_the_agent_reported_host_port() {
-    let reports = AgentReports {
-        host_ports: vec![HostPortReport {
-            agent: "panda".into(),
-            host_port: 9627,
-            container_port: 3000,
-            protocol: "TCP".into(),
-        }],
-        tunnels: Vec::new(),
-    };
+    let reports = agent_maps_host_port(9627, 3000);
     let d = desired_inventory(
         &seed_node_ports(),
         &ProxyIndex::new(),
@@ -415,15 +420,7 @@ fn node_port_or_host_port_on_an_operator_port_is_a_clash() {
     );
     assert!(d["kube-apiserver"].findings.is_empty());
 
-    let reports = AgentReports {
-        host_ports: vec![HostPortReport {
-            agent: "panda".into(),
-            host_port: 15000,
-            container_port: 3000,
-            protocol: "TCP".into(),
-        }],
-        tunnels: Vec::new(),
-    };
+    let reports = agent_maps_host_port(15000, 3000);
     let d = desired_inventory(
         &seed_node_ports(),
         &ProxyIndex::new(),
