@@ -22,6 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{Controller, install_crd};
+use portplane_e2e::procfs;
 
 const NS: &str = "bench";
 
@@ -337,7 +338,9 @@ async fn converge(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let resync_writes = controller.writes() - before;
-    let rss_kib = controller.pid().map_or(0, peak_rss_kib);
+    let rss_kib = controller
+        .pid()
+        .map_or(0, |pid| procfs::status_kib(pid, "VmHWM"));
     eprintln!(
         "bench: {n}: converged in {:.2}s, rss {rss_kib} KiB, resync writes {resync_writes}",
         converge.as_secs_f64()
@@ -365,17 +368,6 @@ async fn converge(
         rss_kib,
         resync_writes,
     })
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn percentiles(samples: &[f64]) -> (f64, f64, f64) {

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod procfs;
 pub mod sshd;
 
 use std::path::PathBuf;

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use portplane_e2e::free_port;
 use portplane_e2e::sshd::{Sshd, descendants};
+use portplane_e2e::{free_port, procfs};
 
 const THROUGHPUT_SECS: u64 = 4;
 /// Alternating rounds (agent, ssh, agent, ...); BENCH_ROUNDS overrides.
@@ -417,12 +417,5 @@ fn ticks_per_second() -> f64 {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    procfs::status_kib(pid, "VmRSS") as f64 / 1024.0
 }
