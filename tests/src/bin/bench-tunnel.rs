@@ -52,6 +52,9 @@ struct Row {
     /// process (agent or ssh) and the sshd processes serving it.
     cpu_client_4: f64,
     cpu_sshd_4: f64,
+    /// The same for this process: the readers and the source server behind
+    /// sshd (the two ends every set-up shares).
+    cpu_ends_4: f64,
     recovery: String,
 }
 
@@ -98,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             rss_load: rounds.iter().map(|r| r.rss_load).fold(0.0, f64::max),
             cpu_client_4: median(rounds.iter().map(|r| r.cpu_client_4)),
             cpu_sshd_4: median(rounds.iter().map(|r| r.cpu_sshd_4)),
+            cpu_ends_4: median(rounds.iter().map(|r| r.cpu_ends_4)),
             recovery: String::new(),
         })
         .collect();
@@ -153,15 +157,18 @@ fn main() -> anyhow::Result<()> {
     // Throughput swings with the machine's other load; CPU per byte does
     // not, and says where a 2-core machine's cycles go.
     println!("\nCPU per GB moved, 4 streams (medians):\n");
-    println!("| | tunnel client (agent / ssh) ms/GB | sshd ms/GB | together ms/GB |");
-    println!("|---|---|---|---|");
+    println!(
+        "| | tunnel client (agent / ssh) ms/GB | sshd ms/GB | both ends (load tool) ms/GB | together ms/GB |"
+    );
+    println!("|---|---|---|---|---|");
     for (t, r) in [&agent, &ssh].iter().zip(&rows) {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
             t.label,
             r.cpu_client_4,
             r.cpu_sshd_4,
-            r.cpu_client_4 + r.cpu_sshd_4
+            r.cpu_ends_4,
+            r.cpu_client_4 + r.cpu_sshd_4 + r.cpu_ends_4
         );
     }
     drop(ssh);
@@ -194,12 +201,14 @@ fn measure(tunnel: &Tunnel, sshd: &Sshd) -> anyhow::Result<Row> {
             }
         })
     };
-    let (client_before, sshd_before) = (cpu_ticks(pid), sshd_ticks());
+    let me = std::process::id();
+    let (client_before, sshd_before, ends_before) = (cpu_ticks(pid), sshd_ticks(), cpu_ticks(me));
     let bytes;
     (row.gbit_4, bytes) = throughput(tunnel.source_port, 4)?;
     let per_gb = |ticks: u64| ticks as f64 * 1000.0 / ticks_per_second() / (bytes as f64 / 1e9);
     row.cpu_client_4 = per_gb(cpu_ticks(pid) - client_before);
     row.cpu_sshd_4 = per_gb(sshd_ticks().saturating_sub(sshd_before));
+    row.cpu_ends_4 = per_gb(cpu_ticks(me) - ends_before);
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     row.rss_load = peak.load(Ordering::Relaxed) as f64 / 1024.0;
