@@ -36,11 +36,26 @@ struct Tunnel {
     proc: Guard,
     echo_port: u16,
     source_port: u16,
+    drain_port: u16,
 }
+
+/// The loopback servers behind sshd that every tunnel forwards to.
+#[derive(Clone, Copy)]
+struct Ends {
+    echo: u16,
+    /// Sends without end (downloads).
+    source: u16,
+    /// Reads and discards, counting into DRAINED (uploads).
+    drain: u16,
+}
+
+/// Bytes the drain server has received, all connections together.
+static DRAINED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Default)]
 struct Row {
     gbit_1: f64,
+    upload_gbit_1: f64,
     gbit_4: f64,
     new_p50: f64,
     new_p99: f64,
@@ -64,12 +79,15 @@ fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .context("usage: bench-tunnel <path to release portplane-agent>")?;
     let mut sshd = Sshd::start()?;
-    let echo = serve(echo_conn);
-    let source = serve(source_conn);
+    let ends = Ends {
+        echo: serve(echo_conn),
+        source: serve(source_conn),
+        drain: serve(drain_conn),
+    };
     let work = tempfile::tempdir()?;
 
-    let agent = start_agent(&agent_bin, &sshd, echo, source, &work)?;
-    let ssh = start_ssh(&sshd, echo, source)?;
+    let agent = start_agent(&agent_bin, &sshd, ends, &work)?;
+    let ssh = start_ssh(&sshd, ends)?;
     for tunnel in [&agent, &ssh] {
         wait_echo(tunnel.echo_port, Duration::from_secs(30))
             .with_context(|| format!("{} never came up", tunnel.label))?;
@@ -92,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         .zip(idle)
         .map(|(rounds, rss_idle)| Row {
             gbit_1: median(rounds.iter().map(|r| r.gbit_1)),
+            upload_gbit_1: median(rounds.iter().map(|r| r.upload_gbit_1)),
             gbit_4: median(rounds.iter().map(|r| r.gbit_4)),
             new_p50: median(rounds.iter().map(|r| r.new_p50)),
             new_p99: median(rounds.iter().map(|r| r.new_p99)),
@@ -130,15 +149,16 @@ fn main() -> anyhow::Result<()> {
 
     println!("medians of {rounds} alternating rounds; RSS under load is the peak\n");
     println!(
-        "| | 1 stream Gbit/s | 4 streams Gbit/s | new conn+echo p50 / p99 ms | round trip p50 / p99 ms | RSS idle / under load MiB | recovery after sshd restart |"
+        "| | 1 stream Gbit/s | 4 streams Gbit/s | upload, 1 stream Gbit/s | new conn+echo p50 / p99 ms | round trip p50 / p99 ms | RSS idle / under load MiB | recovery after sshd restart |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (t, r) in [&agent, &ssh].iter().zip(&rows) {
         println!(
-            "| {} | {:.2} | {:.2} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} / {:.1} | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} / {:.1} | {} |",
             t.label,
             r.gbit_1,
             r.gbit_4,
+            r.upload_gbit_1,
             r.new_p50,
             r.new_p99,
             r.rtt_p50,
@@ -149,9 +169,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nratios agent/ssh: 1 stream {:.2}x, 4 streams {:.2}x, new-conn p50 {:.2}x",
+        "\nratios agent/ssh: 1 stream {:.2}x, 4 streams {:.2}x, upload {:.2}x, new-conn p50 {:.2}x",
         rows[0].gbit_1 / rows[1].gbit_1,
         rows[0].gbit_4 / rows[1].gbit_4,
+        rows[0].upload_gbit_1 / rows[1].upload_gbit_1,
         rows[0].new_p50 / rows[1].new_p50
     );
     // Throughput swings with the machine's other load; CPU per byte does
@@ -180,6 +201,7 @@ fn main() -> anyhow::Result<()> {
 fn measure(tunnel: &Tunnel, sshd: &Sshd) -> anyhow::Result<Row> {
     let mut row = Row {
         gbit_1: throughput(tunnel.source_port, 1)?.0,
+        upload_gbit_1: upload(tunnel.drain_port)?,
         ..Row::default()
     };
     let sshd_pid = sshd.pid().context("sshd is not running")?;
@@ -226,11 +248,10 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 fn start_agent(
     bin: &PathBuf,
     sshd: &Sshd,
-    echo: u16,
-    source: u16,
+    ends: Ends,
     work: &tempfile::TempDir,
 ) -> anyhow::Result<Tunnel> {
-    let (echo_port, source_port) = (free_port()?, free_port()?);
+    let (echo_port, source_port, drain_port) = (free_port()?, free_port()?, free_port()?);
     // BENCH_AGENT_SESSIONS sets the pool size (default: the agent's own).
     let sessions = std::env::var("BENCH_AGENT_SESSIONS")
         .ok()
@@ -241,10 +262,14 @@ fn start_agent(
         "name = \"bench\"\n[ssh]\n{sessions}config = \"{}\"\nhost = \"{}\"\n\
          [[forward]]\nname = \"echo\"\nlisten = \"127.0.0.1:{echo_port}\"\ntarget = \"127.0.0.1:{echo}\"\n\
          [[forward]]\nname = \"source\"\nlisten = \"127.0.0.1:{source_port}\"\ntarget = \"127.0.0.1:{source}\"\n\
+         [[forward]]\nname = \"drain\"\nlisten = \"127.0.0.1:{drain_port}\"\ntarget = \"127.0.0.1:{drain}\"\n\
          [kubeconfig]\nforward = \"echo\"\npath = \"{dir}/kubeconfig\"\n\
          [talosconfig]\nforward = \"echo\"\npath = \"{dir}/talosconfig\"\n",
         sshd.ssh_config_path().display(),
         sshd.host_alias(),
+        echo = ends.echo,
+        source = ends.source,
+        drain = ends.drain,
         dir = work.path().display(),
     );
     let path = work.path().join("agent.toml");
@@ -265,11 +290,17 @@ fn start_agent(
         proc: Guard(child),
         echo_port,
         source_port,
+        drain_port,
     })
 }
 
-fn start_ssh(sshd: &Sshd, echo: u16, source: u16) -> anyhow::Result<Tunnel> {
-    let (echo_port, source_port) = (free_port()?, free_port()?);
+fn start_ssh(sshd: &Sshd, ends: Ends) -> anyhow::Result<Tunnel> {
+    let (echo_port, source_port, drain_port) = (free_port()?, free_port()?, free_port()?);
+    let Ends {
+        echo,
+        source,
+        drain,
+    } = ends;
     let child = Command::new("ssh")
         .arg("-F")
         .arg(sshd.ssh_config_path())
@@ -282,6 +313,7 @@ fn start_ssh(sshd: &Sshd, echo: u16, source: u16) -> anyhow::Result<Tunnel> {
         ])
         .args(["-L", &format!("127.0.0.1:{echo_port}:127.0.0.1:{echo}")])
         .args(["-L", &format!("127.0.0.1:{source_port}:127.0.0.1:{source}")])
+        .args(["-L", &format!("127.0.0.1:{drain_port}:127.0.0.1:{drain}")])
         .arg(sshd.host_alias())
         .stdin(Stdio::null())
         .spawn()?;
@@ -290,6 +322,7 @@ fn start_ssh(sshd: &Sshd, echo: u16, source: u16) -> anyhow::Result<Tunnel> {
         proc: Guard(child),
         echo_port,
         source_port,
+        drain_port,
     })
 }
 
@@ -317,6 +350,16 @@ fn echo_conn(mut s: TcpStream) {
 fn source_conn(mut s: TcpStream) {
     let buf = vec![0x5au8; 256 * 1024];
     while s.write_all(&buf).is_ok() {}
+}
+
+fn drain_conn(mut s: TcpStream) {
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        DRAINED.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 fn echo_once(port: u16) -> std::io::Result<()> {
@@ -375,6 +418,29 @@ fn throughput(port: u16, streams: usize) -> anyhow::Result<(f64, u64)> {
         total.load(Ordering::Relaxed) as f64 * 8.0 / 1e9 / THROUGHPUT_SECS as f64,
         all.load(Ordering::Relaxed),
     ))
+}
+
+/// Gbit/s that arrived at the drain server while one connection through
+/// `port` sent as fast as it could (1 s warm-up, then THROUGHPUT_SECS
+/// counted at the receiving end, so data still in buffers is not counted).
+fn upload(port: u16) -> anyhow::Result<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let buf = vec![0xa5u8; 256 * 1024];
+    let start = Instant::now();
+    let (count_from, deadline) = (
+        start + Duration::from_secs(1),
+        start + Duration::from_secs(1 + THROUGHPUT_SECS),
+    );
+    let mut counted_from = None;
+    while Instant::now() < deadline {
+        s.write_all(&buf)?;
+        if counted_from.is_none() && Instant::now() >= count_from {
+            counted_from = Some((Instant::now(), DRAINED.load(Ordering::Relaxed)));
+        }
+    }
+    let (t0, b0) = counted_from.context("the upload never reached its counted window")?;
+    let (t1, b1) = (Instant::now(), DRAINED.load(Ordering::Relaxed));
+    Ok((b1 - b0) as f64 * 8.0 / 1e9 / (t1 - t0).as_secs_f64())
 }
 
 fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
