@@ -1,5 +1,6 @@
 //! One client that stops reading must not stall the others nor the session's
-//! keepalives; 200 concurrent connections all get through.
+//! keepalives; one that reads slowly is slowed down, not cut off; 200
+//! concurrent connections all get through.
 
 mod tunnel_support;
 
@@ -65,6 +66,47 @@ fn stalled_reader_does_not_stall_an_active_transfer_or_keepalives() {
     // limit instead of growing without end.
     agent.wait_log("per-connection buffer unread", 1, Duration::from_secs(10));
     drop(stalled);
+}
+
+/// A download to a slow consumer (`kubectl cp` to a slow disk): the client
+/// reads far slower than the tunnel delivers, for several seconds, and gets
+/// every byte; the agent holds the session back for it instead of cutting it.
+#[test]
+fn slow_reader_is_slowed_down_not_cut_off() {
+    let sshd = Sshd::start().unwrap();
+    let total = 48 * 1024 * 1024;
+    let finite = source_server(Some(total));
+    let echo = echo_server();
+    let (slow_port, echo_port) = (listen_port(), listen_port());
+    let agent = Agent::start(
+        &config_for(
+            &sshd,
+            &[
+                ("slow", slow_port, format!("127.0.0.1:{finite}")),
+                ("echo", echo_port, format!("127.0.0.1:{echo}")),
+            ],
+            "",
+        )
+        .replace("[ssh]\n", "[ssh]\nsessions = 1\n"),
+    );
+    wait_echo(&agent, echo_port, Duration::from_secs(20));
+    let mut slow = TcpStream::connect(("127.0.0.1", slow_port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // ~12 MB/s: a few hundredths of what the tunnel moves, for ~4 s, four
+    // times the agent's 1 s pause budget.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    while got < total {
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => panic!("stalled after {got} bytes: {e}\n{}", agent.log()),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(got, total, "cut off early\n{}", agent.log());
+    assert_eq!(agent.log_count("closing connection"), 0, "{}", agent.log());
 }
 
 #[test]

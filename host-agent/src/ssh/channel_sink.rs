@@ -11,13 +11,16 @@
 //! agent-wide: russh 0.65 grants window on receipt (russh#770), so it cannot
 //! push back through the SSH window per channel. Instead:
 //! - a *slow* reader gets back-pressure: once its queue passes
-//!   [`Limits::pause_above`], the session stops reading until the queue
-//!   drains, for at most [`Limits::pause_budget`] in total until the client
-//!   has caught up completely (then the budget refills);
-//! - a *stalled* reader uses its budget once (others of the session wait at
-//!   most that long, far below the keepalive timeout), then queues up to
-//!   [`Limits::per_connection`] and is disconnected, instead of stalling or
-//!   bloating the rest.
+//!   [`Limits::pause_above`], the session stops reading until the queue has
+//!   drained to half of that, as often and as long as the transfer lasts,
+//!   provided each drain takes less than [`Limits::pause_budget`] (the other
+//!   connections of the session move at its pace meanwhile: the price of
+//!   russh granting window on receipt);
+//! - a *stalled* reader is one that does not drain within the budget: the
+//!   session waits for it that long once (others wait at most that long, far
+//!   below the keepalive timeout), then no more until it has caught up
+//!   completely; meanwhile its data queues up to [`Limits::per_connection`]
+//!   and then it is disconnected, instead of stalling or bloating the rest.
 //!
 //! Data can arrive before the connection task learns its channel id (a server
 //! that speaks first); it waits in an unclaimed sink until claimed.
@@ -40,8 +43,8 @@ pub struct Limits {
     pub total: usize,
     /// Queue size past which the session pauses for this client.
     pub pause_above: usize,
-    /// Longest the session may pause, in total, for one client that has not
-    /// caught up in between.
+    /// Longest the session waits for a client to drain to half of
+    /// `pause_above`; a client that takes longer counts as stalled.
     pub pause_budget: Duration,
 }
 
@@ -115,8 +118,19 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             return;
         };
         let started = tokio::time::Instant::now();
-        let _ = tokio::time::timeout(budget, sink.drained(self.limits.pause_above / 2)).await;
-        sink.state().pause_budget_used += started.elapsed();
+        let low = self.limits.pause_above / 2;
+        let drained = tokio::time::timeout(budget, sink.drained(low))
+            .await
+            .is_ok();
+        let mut state = sink.state();
+        if drained {
+            // It read half its queue within the budget: slow, not stalled.
+            // It gets the whole budget again next time, however long the
+            // transfer (a download to a slow disk must not be cut off).
+            state.pause_budget_used = Duration::ZERO;
+        } else {
+            state.pause_budget_used += started.elapsed();
+        }
     }
 
     /// The server sent EOF or closed `id`: nothing more will come.

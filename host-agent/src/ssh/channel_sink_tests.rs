@@ -15,6 +15,21 @@ async fn pair() -> (Arc<OwnedWriteHalf>, TcpStream) {
     (Arc::new(write), peer)
 }
 
+/// Like `pair`, with small socket buffers, so the writer sees the reader's
+/// pace every few KiB instead of once per megabytes of kernel buffer.
+async fn small_buffered_pair() -> (Arc<OwnedWriteHalf>, TcpStream) {
+    let listen = tokio::net::TcpSocket::new_v4().unwrap();
+    listen.set_recv_buffer_size(32 * 1024).unwrap();
+    listen.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = listen.listen(1).unwrap();
+    let ours = tokio::net::TcpSocket::new_v4().unwrap();
+    ours.set_send_buffer_size(32 * 1024).unwrap();
+    let ours = ours.connect(listener.local_addr().unwrap()).await.unwrap();
+    let (peer, _) = listener.accept().await.unwrap();
+    let (_read, write) = ours.into_split();
+    (Arc::new(write), peer)
+}
+
 fn sinks(per_connection: usize, total: usize) -> (Arc<Sinks<u32>>, Arc<Buffered>) {
     let buffered = Arc::new(Buffered::default());
     let limits = Limits {
@@ -94,27 +109,33 @@ async fn a_stalled_reader_overflows_its_own_limit_and_frees_the_budget() {
     );
 }
 
+/// A client that keeps reading, only slower than the server sends, for far
+/// longer than the pause budget (a download to a slow disk): the session
+/// waits for it every time, and it is never cut off.
 #[tokio::test]
-async fn a_slow_reader_gets_back_pressure_instead_of_being_cut_off() {
+async fn a_slow_reader_gets_back_pressure_for_as_long_as_it_reads() {
     let buffered = Arc::new(Buffered::default());
     let limits = Limits {
         per_connection: 1024 * 1024,
         total: 1 << 30,
         pause_above: 64 * 1024,
-        pause_budget: Duration::from_secs(5),
+        pause_budget: Duration::from_millis(50),
     };
     let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
-    let (client, mut peer) = pair().await;
+    let (client, mut peer) = small_buffered_pair().await;
     let claimed = sinks.claim(9u32, client.clone());
-    const TOTAL: usize = 16 * 1024 * 1024;
+    // At most 8 MB/s, for at least 0.5 s: ten times the pause budget. Reads
+    // smaller than a chunk keep the writer from ever catching up completely
+    // (which would refill the budget whatever the policy).
+    const TOTAL: usize = 4 * 1024 * 1024;
     let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 8 * 1024];
         let mut got = 0;
         while got < TOTAL {
             let n = peer.read(&mut buf).await.unwrap();
             assert!(n > 0, "cut off after {got} bytes");
             got += n;
-            tokio::time::sleep(Duration::from_micros(200)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
     let pump = async {
@@ -124,6 +145,7 @@ async fn a_slow_reader_gets_back_pressure_instead_of_being_cut_off() {
             "no overflow"
         );
     };
+    let started = std::time::Instant::now();
     let send = async {
         let chunk = vec![7u8; 32 * 1024];
         for _ in 0..TOTAL / chunk.len() {
@@ -133,6 +155,11 @@ async fn a_slow_reader_gets_back_pressure_instead_of_being_cut_off() {
     };
     tokio::join!(pump, send);
     reader.await.unwrap();
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "the reader, not the budget, set the pace: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
