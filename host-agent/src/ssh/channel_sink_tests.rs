@@ -36,7 +36,7 @@ fn sinks(per_connection: usize, total: usize) -> (Arc<Sinks<u32>>, Arc<Buffered>
         per_connection,
         total,
         pause_above: 64 * 1024,
-        pause_budget: Duration::from_millis(200),
+        pause_budget: Duration::from_millis(100),
     };
     (Arc::new(Sinks::new(limits, buffered.clone())), buffered)
 }
@@ -119,14 +119,15 @@ async fn a_slow_reader_gets_back_pressure_for_as_long_as_it_reads() {
         per_connection: 1024 * 1024,
         total: 1 << 30,
         pause_above: 64 * 1024,
+        // Each drain takes a few ms. Short enough that, without the policy,
+        // the pauses add up past it before the writer ever catches up
+        // completely (which refills the budget whatever the policy).
         pause_budget: Duration::from_millis(50),
     };
     let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
     let (client, mut peer) = small_buffered_pair().await;
     let claimed = sinks.claim(9u32, client.clone());
-    // At most 8 MB/s, for at least 0.5 s: ten times the pause budget. Reads
-    // smaller than a chunk keep the writer from ever catching up completely
-    // (which would refill the budget whatever the policy).
+    // At most 8 MB/s, for at least 0.5 s: ten times the pause budget.
     const TOTAL: usize = 4 * 1024 * 1024;
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 8 * 1024];
