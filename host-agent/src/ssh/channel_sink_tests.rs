@@ -36,7 +36,7 @@ fn sinks(per_connection: usize, total: usize) -> (Arc<Sinks<u32>>, Arc<Buffered>
         per_connection,
         total,
         pause_above: 64 * 1024,
-        pause_budget: Duration::from_millis(100),
+        pause_budget: Duration::from_millis(200),
     };
     (Arc::new(Sinks::new(limits, buffered.clone())), buffered)
 }
