@@ -15,12 +15,48 @@ pub fn repo_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-/// A free loopback port (bound, then released, so there is a small window in
-/// which another process could take it).
+/// A free loopback port for a server a test starts (probed by binding, then
+/// released). Chosen below the kernel's ephemeral range, not with port 0:
+/// ephemeral ports are also the source ports of every outgoing connection,
+/// so a test running beside this one (200 clients at once) could take the
+/// port between the probe and the server's bind. A random start keeps
+/// parallel tests and processes from probing the same ports in turn.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::hash::{BuildHasher, Hasher};
+    const FLOOR: u16 = 10_000;
+    let first_ephemeral = ephemeral_ports_start().unwrap_or(32_768);
+    if first_ephemeral <= FLOOR + 1_000 {
+        // An unusual range: fall back to what the kernel hands out.
+        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port());
+    }
+    let span = u64::from(first_ephemeral - FLOOR);
+    let start = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    for i in 0..span {
+        // In range: the remainder is below `span`, which fits in a u16.
+        let port = FLOOR + ((start.wrapping_add(i)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no free loopback port in {FLOOR}..{first_ephemeral}"),
+    ))
+}
+
+/// The first port of Linux's ephemeral range
+/// (/proc/sys/net/ipv4/ip_local_port_range).
+fn ephemeral_ports_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Path of a workspace binary (`portplane-agent`, `portplane-controller`),
