@@ -40,19 +40,7 @@ fn stalled_reader_does_not_stall_an_active_transfer_or_keepalives() {
     let stalled = TcpStream::connect(("127.0.0.1", stall_port)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut transfer = TcpStream::connect(("127.0.0.1", bulk_port)).unwrap();
-    transfer
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut got = 0u64;
-    while got < bulk {
-        match transfer.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n as u64,
-            Err(e) => panic!("transfer stalled after {got} bytes: {e}\n{}", agent.log()),
-        }
-    }
+    let got = download(&agent, bulk_port, bulk, 1 << 20, Duration::ZERO);
     assert_eq!(got, bulk, "the whole transfer arrived");
 
     // Longer than keepalive_interval (1s) x keepalive_count_max (3): had the
@@ -90,23 +78,39 @@ fn slow_reader_is_slowed_down_not_cut_off() {
         .replace("[ssh]\n", "[ssh]\nsessions = 1\n"),
     );
     wait_echo(&agent, echo_port, Duration::from_secs(20));
-    let mut slow = TcpStream::connect(("127.0.0.1", slow_port)).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
     // ~12 MB/s: a few hundredths of what the tunnel moves, for ~4 s, four
     // times the agent's 1 s pause budget.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut got = 0u64;
-    while got < total {
-        match slow.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n as u64,
-            Err(e) => panic!("stalled after {got} bytes: {e}\n{}", agent.log()),
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let got = download(
+        &agent,
+        slow_port,
+        total,
+        64 * 1024,
+        Duration::from_millis(5),
+    );
     assert_eq!(got, total, "cut off early\n{}", agent.log());
     assert_eq!(agent.log_count("closing connection"), 0, "{}", agent.log());
+}
+
+/// Read up to `total` bytes from the forward on `port`, `chunk` at a time,
+/// resting `between_reads` after each; panics (with the agent's log) if the
+/// data stops for 20 s. Returns the bytes read before EOF or `total`.
+fn download(agent: &Agent, port: u16, total: u64, chunk: usize, between_reads: Duration) -> u64 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}\n{}", agent.log()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("set_read_timeout: {e}"));
+    let mut buf = vec![0u8; chunk];
+    let mut got = 0u64;
+    while got < total {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => panic!("transfer stalled after {got} bytes: {e}\n{}", agent.log()),
+        }
+        std::thread::sleep(between_reads);
+    }
+    got
 }
 
 #[test]
