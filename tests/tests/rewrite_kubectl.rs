@@ -85,7 +85,17 @@ fn kubectl_reaches_the_apiserver_through_the_tunnel_with_the_rewritten_kubeconfi
     });
     assert!(text.contains("name: admin@joelclaw\n"));
 
-    let talos = fs::read_to_string(home.path().join(".talos/config")).unwrap();
+    // The agent rewrites the talosconfig after the kubeconfig (each once its
+    // file has settled), so it may land a moment later.
+    let talos_path = home.path().join(".talos/config");
+    let talos_endpoint = format!("- 127.0.0.1:{talos_listen}\n");
+    wait_until(
+        "the talosconfig rewrite",
+        Duration::from_secs(10),
+        &agent,
+        || fs::read_to_string(&talos_path).is_ok_and(|t| t.contains(&talos_endpoint)),
+    );
+    let talos = fs::read_to_string(&talos_path).unwrap();
     assert_eq!(
         talos,
         TALOSCONFIG.replace(
