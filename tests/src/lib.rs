@@ -2,8 +2,10 @@
 //! ([`cluster`]), a real sshd standing in for the Colima VM ([`sshd`]), and the
 //! paths of the workspace's own binaries.
 
+pub mod blackhole;
 pub mod cluster;
 pub mod controller;
+pub mod helm;
 pub mod procfs;
 pub mod sshd;
 
