@@ -86,6 +86,7 @@ nodes_up() { # count
       --bind-address 127.0.0.1 --secure-port "$port" --leader-elect=false --v=0
   fi
   for ((i = 1; i <= count; i++)); do alive "$state/kubelet-$i.pid" || kubelet_up "$i"; done
+  for ((i = 1; i <= count; i++)); do node_initialize "$i"; done
   for ((i = 1; i <= count; i++)); do
     wait_for "$state/kubelet-$i.pid" 120 "$bindir/kubectl" --kubeconfig "$state/kubeconfig" \
       wait --for=condition=Ready "node/$(node_name "$i")" --timeout=1s || failed "kubelet-$i"
@@ -168,7 +169,22 @@ serializeImagePulls: false
 EOF
   start "kubelet-$i" "$bindir/kubelet" --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
     --root-dir "$dir/kubelet" --cert-dir "$dir/kubelet/pki" \
-    --hostname-override "$(node_name "$i")" --node-ip "$(node_ip "$i")" --v=0
+    --hostname-override "$(node_name "$i")" --cloud-provider external --v=0
+}
+
+# kubelet refuses a loopback --node-ip ("nodeIP can't be loopback address"),
+# and without an address hostNetwork pods get no IP. So each kubelet runs
+# with an external cloud provider, which leaves node addresses to a cloud
+# controller, and this script plays that part: it sets 127.0.0.i as the
+# node's InternalIP and removes the cloud provider's "uninitialized" taint.
+node_initialize() { # node
+  local name kubectl=("$bindir/kubectl" --kubeconfig "$state/kubeconfig")
+  name=$(node_name "$1")
+  wait_for "$state/kubelet-$1.pid" 60 "${kubectl[@]}" get node "$name" || failed "kubelet-$1"
+  "${kubectl[@]}" patch node "$name" --subresource=status --type=merge -p \
+    "{\"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"$(node_ip "$1")\"},{\"type\":\"Hostname\",\"address\":\"$name\"}]}}" \
+    >/dev/null || die "cannot set the address of $name"
+  "${kubectl[@]}" taint node "$name" node.cloudprovider.kubernetes.io/uninitialized- >/dev/null 2>&1 || true
 }
 
 # Import an image archive (`docker save` output) into a node's containerd,
@@ -200,6 +216,10 @@ nodes_down() {
       done
     fi
     stop_pid "containerd-$i"
+    # Each container's shim outlives containerd by design; ours are known by
+    # the socket they were started with.
+    local shim
+    for shim in $(pgrep -f -- "-address $(node_sock "$i")" || true); do kill -KILL "$shim" 2>/dev/null || true; done
     remove_cgroups "$i"
     unmount_under "$(node_dir "$i")"
   done

@@ -1,9 +1,9 @@
 //! `make demo`: portplane's main job on the embedded default.
 //!
-//! A real control plane on loopback stands in for the Talos cluster, a real
-//! sshd on loopback stands in for the Colima VM (with a Lima-style
-//! ssh.config), and `portplane-controller` and `portplane-agent` run against
-//! them as they would on a Mac. The seed's services are applied, the port
+//! A real control plane with two real nodes on loopback stands in for the
+//! Talos cluster, a real sshd on loopback stands in for the Colima VM (with a
+//! Lima-style ssh.config); the controller is installed with the real helm and
+//! runs as pods, and `portplane-agent` runs as it would on a Mac. The seed's services are applied, the port
 //! inventory is shown with the real kubectl, and kubectl reaches the API
 //! server through the agent's tunnel. Everything started is stopped, by pid,
 //! on exit.
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use portplane_e2e::cluster::ControlPlane;
-use portplane_e2e::controller::{Controller, install_crd};
+use portplane_e2e::helm::HelmController;
 use portplane_e2e::sshd::Sshd;
 use portplane_e2e::{free_port, workspace_bin};
 
@@ -30,20 +30,38 @@ fn main() -> anyhow::Result<()> {
         .prefix("portplane-demo-")
         .tempdir()?;
 
-    step("a real control plane (etcd + kube-apiserver + kube-controller-manager) on loopback");
-    let plane = ControlPlane::start().context("scripts/cluster up")?;
+    step(
+        "a real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) with two real nodes (containerd + kubelet) on loopback",
+    );
+    let plane = ControlPlane::start_with_nodes(2).context("scripts/cluster up --nodes 2")?;
     println!(
         "  server {}  kubeconfig {}",
         plane.server()?,
         plane.kubeconfig().display()
     );
+    show(plane.kubectl().args(["get", "nodes", "-o", "wide"]))?;
 
-    step("portplane-controller: the OperatorPort CRD, then the controller itself");
-    install_crd(&plane);
-    let controller = Controller::start(&plane, "tailnetDomain: tail7af24.ts.net\n");
+    step("helm install portplane: the controller image (make image) on the nodes, two replicas");
+    // The chart grants read access to the Tailscale operator's proxy state
+    // in its namespace, which exists wherever the operator runs.
+    plane.kubectl_output(&["create", "namespace", "tailscale"])?;
+    let controller = HelmController::install(
+        &plane,
+        "portplane",
+        "portplane",
+        "config:\n  tailnetDomain: tail7af24.ts.net\n",
+    )?;
+    show(
+        plane
+            .kubectl()
+            .args(["get", "pods", "-n", "portplane", "-o", "wide"]),
+    )?;
+    let leader = wait_for(Duration::from_secs(30), || {
+        controller.leader("portplane-controller").ok().flatten()
+    })
+    .context("no controller pod took the lease")?;
     println!(
-        "  health/metrics 127.0.0.1:{}  gRPC 127.0.0.1:{}",
-        controller.http_port, controller.grpc_port
+        "  lease portplane-controller held by {leader}; the other pod serves agents and waits"
     );
 
     step("the seed's services in namespace joelclaw");
@@ -208,15 +226,19 @@ fn port_or_free(port: u16) -> std::io::Result<u16> {
     }
 }
 
-fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if ok() {
-            return Ok(());
+        if let Some(v) = f() {
+            return Ok(v);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("timed out after {timeout:?}")
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    wait_for(timeout, || ok().then_some(()))
 }
 
 fn server_line(kubeconfig: &Path) -> String {
