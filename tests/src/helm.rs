@@ -2,14 +2,12 @@
 //! installed by the real `helm` onto the local control plane's real nodes,
 //! running the image `make image` built (loaded into the nodes' containerd).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use crate::cluster::ControlPlane;
+use crate::controller::{http_get, metric_value};
 use crate::{free_port, repo_root};
 
 /// Where `make image` saves the controller image (`docker save` archive).
@@ -154,26 +152,12 @@ impl<'a> HelmController<'a> {
 
     /// GET a path on a pod's health/metrics listener: (status code, body).
     pub fn get(&self, pod: &Pod, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect((pod.ip.as_str(), self.http_port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let code = out.split(' ').nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
+        http_get(&pod.ip, self.http_port, path)
     }
 
     /// A metric of one pod (`name` includes labels, if any).
     pub fn metric(&self, pod: &Pod, name: &str) -> Option<f64> {
-        let (_, body) = self.get(pod, "/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
+        metric_value(&self.get(pod, "/metrics")?.1, name)
     }
 
     /// Every OperatorPort write of one pod so far; None when its /metrics
