@@ -191,6 +191,11 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The pods go after the Deployment, through the garbage collector and
+    // their graceful stop (each releases the lease).
+    eventually(Duration::from_secs(60), "the controller pods gone", || {
+        helm.pods().ok()?.is_empty().then_some(())
+    });
     let left = plane
         .kubectl_output(&[
             "get",
