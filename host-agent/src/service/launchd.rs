@@ -1,0 +1,59 @@
+//! The LaunchDaemon: the plist rendered from `launchd/dev.portplane.agent.plist`
+//! and the `launchctl` commands that (re)load it. Never the legacy
+//! `load`/`unload`: `bootout`, `enable`, `bootstrap`, `kickstart -k`.
+
+use super::install::Inputs;
+use super::{LABEL, Paths};
+
+/// The template, kept in the repository's top-level `launchd/` folder.
+pub const TEMPLATE: &str = include_str!("../../../launchd/dev.portplane.agent.plist");
+
+/// The plist for `inputs`, every value XML-escaped.
+pub fn render(inputs: &Inputs, paths: &Paths) -> String {
+    TEMPLATE
+        .replace("{{LABEL}}", LABEL)
+        .replace("{{BINARY}}", &xml(&inputs.binary.display().to_string()))
+        .replace("{{CONFIG}}", &xml(&inputs.config.display().to_string()))
+        .replace("{{USER}}", &xml(&inputs.user.name))
+        .replace("{{HOME}}", &xml(&inputs.user.home.display().to_string()))
+        .replace("{{LOG}}", &xml(&paths.launchd_log().display().to_string()))
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+pub fn target() -> String {
+    format!("system/{LABEL}")
+}
+
+/// Stops a loaded agent; fails harmlessly when it is not loaded.
+pub fn bootout() -> Vec<String> {
+    vec!["launchctl".into(), "bootout".into(), target()]
+}
+
+pub fn start(paths: &Paths) -> Vec<Vec<String>> {
+    vec![
+        vec!["launchctl".into(), "enable".into(), target()],
+        vec![
+            "launchctl".into(),
+            "bootstrap".into(),
+            "system".into(),
+            paths.plist().display().to_string(),
+        ],
+        vec![
+            "launchctl".into(),
+            "kickstart".into(),
+            "-k".into(),
+            target(),
+        ],
+    ]
+}
+
+pub fn disable() -> Vec<String> {
+    vec!["launchctl".into(), "disable".into(), target()]
+}
