@@ -126,10 +126,13 @@ fn systemd(view: &mut ServiceView) {
         }
     };
     if !out.status.success() {
-        view.error = Some(format!(
-            "systemctl show {UNIT}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        let why = String::from_utf8_lossy(&out.stderr);
+        let why: Vec<&str> = why
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        view.error = Some(format!("systemctl show {UNIT}: {}", why.join("; ")));
         return;
     }
     let text = String::from_utf8_lossy(&out.stdout);
