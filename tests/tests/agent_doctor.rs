@@ -28,7 +28,7 @@ use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{Controller, Scope, scoped_config};
 use portplane_e2e::sshd::Sshd;
 use serde_json::Value;
-use service_support::{ServiceManager, text};
+use service_support::{Guarded, ServiceManager, text};
 use tunnel_support::{Agent, config_for, echo_server, listen_port, wait_until};
 
 /// The scripts/cluster kubeconfig with its cluster and context renamed to
@@ -301,7 +301,7 @@ fn doctor_passes_on_the_real_stack_and_each_fault_fails_its_own_check() {
 
     // Fault: a stray `ssh -L` on a runtime port from the cached inventory.
     let echo = echo_server();
-    let mut stray = Command::new("ssh")
+    let stray = Command::new("ssh")
         .arg("-F")
         .arg(sshd.ssh_config_path())
         .args([
@@ -321,21 +321,22 @@ fn doctor_passes_on_the_real_stack_and_each_fault_fails_its_own_check() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let stray = Guarded(stray);
     wait_until(
         Duration::from_secs(15),
         || TcpStream::connect(("127.0.0.1", runtime)).is_ok(),
         || "the stray ssh -L never listened".into(),
     );
     let r = doctor(&svc, &config, &[]);
-    let _ = stray.kill();
-    let _ = stray.wait();
+    let stray_pid = stray.id();
+    drop(stray);
     let id = format!("runtime-port-{runtime}");
-    assert_fails(&r, &id, &format!("kill {}", stray.id()));
+    assert_fails(&r, &id, &format!("kill {stray_pid}"));
     assert!(
         check(&r.1, &id)["problem"]
             .as_str()
             .unwrap()
-            .contains(&format!("pid {} (ssh)", stray.id())),
+            .contains(&format!("pid {stray_pid} (ssh)")),
         "{}",
         r.2
     );

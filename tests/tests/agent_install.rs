@@ -19,15 +19,15 @@ mod tunnel_support;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
-use service_support::{ServiceManager, mode, stdout, text};
+use service_support::{Guarded, ServiceManager, mode, stdout, text};
 use tunnel_support::{Agent, config_for, echo_server, listen_port, wait_echo, wait_until};
 
 /// A manual operator tunnel as people make them: `ssh -N -L`.
-fn manual_tunnel(sshd: &Sshd, port: u16, target: u16) -> Child {
+fn manual_tunnel(sshd: &Sshd, port: u16, target: u16) -> Guarded {
     let child = Command::new("ssh")
         .arg("-F")
         .arg(sshd.ssh_config_path())
@@ -42,24 +42,13 @@ fn manual_tunnel(sshd: &Sshd, port: u16, target: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let child = Guarded(child);
     wait_until(
         Duration::from_secs(15),
         || TcpStream::connect(("127.0.0.1", port)).is_ok(),
         || format!("ssh -L never listened on {port}"),
     );
     child
-}
-
-/// Reap `child` (it is ours, so it stays a zombie until we do); its status.
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 struct Setup {
@@ -162,7 +151,8 @@ fn systemd_install_stops_the_manual_tunnel_and_the_agent_takes_the_port() {
         "{said}"
     );
     assert!(said.contains("installed portplane-agent.service"), "{said}");
-    let status = wait_child(&mut ssh, Duration::from_secs(10))
+    let status = ssh
+        .wait_exit(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("ssh {ssh_pid} still running after install"));
     // ssh exits 0 on TERM; that it is gone (and reaped) is the point.
     let _ = status;
@@ -312,7 +302,7 @@ fn launchd_install_writes_a_plist_launchd_can_read_and_retries_bootstrap() {
         text(&out)
     );
     assert!(
-        wait_child(&mut ssh, Duration::from_secs(10)).is_some(),
+        ssh.wait_exit(Duration::from_secs(10)).is_some(),
         "ssh still running"
     );
     let plist = s
@@ -440,6 +430,37 @@ fn uninstall_restore_configs_puts_back_the_files_from_before_install() {
     assert!(stdout(&out).contains("restored"), "{}", text(&out));
 }
 
+#[test]
+fn sudo_install_runs_the_service_as_the_invoking_user_and_gives_them_its_folders() {
+    let s = Setup::new();
+    let out = s
+        .svc
+        .agent(&["install", "--config", &s.config(), "--platform", "systemd"])
+        .env("SUDO_USER", "nobody")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("for user nobody"), "{}", text(&out));
+    let unit = std::fs::read_to_string(
+        s.svc
+            .root()
+            .join("etc/systemd/system/portplane-agent.service"),
+    )
+    .unwrap();
+    assert!(unit.lines().any(|l| l == "User=nobody"), "{unit}");
+    let home = passwd_field("nobody", 5);
+    assert!(
+        unit.lines()
+            .any(|l| l == format!("Environment=HOME={home}")),
+        "{unit}"
+    );
+    // The state folder it created belongs to that user, not root.
+    use std::os::unix::fs::MetadataExt;
+    let state = std::fs::metadata(s.dir.path().join("state")).unwrap();
+    assert_eq!(state.uid().to_string(), passwd_field("nobody", 2));
+    assert_eq!(state.mode() & 0o777, 0o700);
+}
+
 /// `systemd-analyze verify` on the installed unit (Debian's systemd package;
 /// nothing needs systemd running).
 fn verify_unit(unit: &Path) {
@@ -487,12 +508,17 @@ fn portplane_agent_holders(port: u16) -> Vec<u32> {
 }
 
 fn nix_home(user: &str) -> String {
+    passwd_field(user, 5)
+}
+
+/// Field `n` of `user`'s /etc/passwd line (2: uid, 5: home).
+fn passwd_field(user: &str, n: usize) -> String {
     std::fs::read_to_string("/etc/passwd")
         .unwrap()
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&user)).then(|| f[5].to_string())
+            (f.first() == Some(&user)).then(|| f[n].to_string())
         })
-        .unwrap()
+        .unwrap_or_else(|| panic!("no {user} in /etc/passwd"))
 }

@@ -1,7 +1,9 @@
 //! The Talos API through the talos-api forward: a TLS handshake with the
 //! talosconfig's CA (server verified) and client certificate, as talosctl
 //! makes it. No Talos request is sent: the handshake proves the tunnel
-//! reaches apid and that the talosconfig's keys belong to this cluster.
+//! reaches a TLS server whose certificate the talosconfig's CA signed. (Under
+//! TLS 1.3 a server that refuses the client certificate says so only after
+//! the handshake; `talosctl version` shows that case.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;

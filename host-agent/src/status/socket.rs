@@ -27,6 +27,15 @@ pub enum SocketError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{path}: the status socket's folder must be yours alone (owner uid {owner}, mode {mode:o}); \
+         use a folder of your own (the default is ~/.local/state/portplane) or chmod 700 it"
+    )]
+    SharedFolder {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
     #[error("{path}: another agent answers on this socket (pid {pid})")]
     InUse { path: PathBuf, pid: u32 },
     #[error("{path}: exists and is not a socket; move it away")]
@@ -62,12 +71,7 @@ pub enum QueryError {
 /// make the socket 0600. Fails, touching nothing, when a live agent answers.
 pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     if let Some(dir) = path.parent() {
-        let folder = |source| SocketError::Folder {
-            path: dir.into(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(folder)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(folder)?;
+        private_folder(dir)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -89,6 +93,36 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let listener = UnixListener::bind(path).map_err(bind_error)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
     Ok(listener)
+}
+
+/// A folder only this user can open: created 0700 when missing; an
+/// existing one must already be ours and closed to others (we never chmod a
+/// folder we did not make: think `/tmp`).
+fn private_folder(dir: &Path) -> Result<(), SocketError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let folder = |source| SocketError::Folder {
+        path: dir.into(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(folder)?;
+        // The umask may have taken bits off; never added any.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(folder)?;
+    }
+    let meta = std::fs::metadata(dir).map_err(folder)?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != nix::unistd::geteuid().as_raw() || mode & 0o077 != 0 {
+        return Err(SocketError::SharedFolder {
+            path: dir.into(),
+            owner: meta.uid(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// Answer every connection with one snapshot, until the task is dropped.
@@ -147,4 +181,35 @@ pub fn query(path: &Path, timeout: Duration) -> Result<AgentStatus, QueryError> 
 /// state folder, which the systemd unit makes writable).
 pub fn default_path(home: &Path) -> PathBuf {
     home.join(".local/state/portplane/agent.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_is_private_and_a_shared_folder_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/portplane/agent.sock");
+        let listener = bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        drop(listener);
+        // A socket left by a dead agent is replaced.
+        bind(&path).unwrap();
+
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = bind(&shared.join("agent.sock")).unwrap_err().to_string();
+        assert!(err.contains("must be yours alone"), "{err}");
+        assert_eq!(mode(&shared), 0o1777, "left as it was");
+
+        let file = dir.path().join("state/portplane/not-a-socket");
+        std::fs::write(&file, "keep").unwrap();
+        let err = bind(&file).unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    }
 }

@@ -133,3 +133,32 @@ pub fn stdout(out: &Output) -> String {
 pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
+
+/// A child process the test started, killed and reaped by pid on drop
+/// (also when an assertion fails first).
+pub struct Guarded(pub std::process::Child);
+
+impl Guarded {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Reap it if it exited within `timeout`; its status.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
