@@ -39,26 +39,8 @@ fn kubeconfig_named(plane: &ControlPlane, name: &str) -> String {
         .replace("portplane-local", name)
 }
 
-/// `key: value` of the scripts/cluster kubeconfig (base64 PEM values).
-fn kubeconfig_value(plane: &ControlPlane, key: &str) -> String {
-    std::fs::read_to_string(plane.kubeconfig())
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix(&format!("{key}: "))
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| panic!("no {key} in the control plane's kubeconfig"))
-}
-
 fn talosconfig(plane: &ControlPlane, context: &str) -> String {
-    format!(
-        "context: {context}\ncontexts:\n  {context}:\n    endpoints:\n      - 10.5.0.2\n    nodes:\n      - 10.5.0.2\n    ca: {}\n    crt: {}\n    key: {}\n",
-        kubeconfig_value(plane, "certificate-authority-data"),
-        kubeconfig_value(plane, "client-certificate-data"),
-        kubeconfig_value(plane, "client-key-data"),
-    )
+    portplane_e2e::agent_cli::talosconfig_from_kubeconfig(plane.kubeconfig(), context).unwrap()
 }
 
 fn doctor(svc: &ServiceManager, config: &Path, env: &[(&str, &Path)]) -> (bool, Value, String) {
