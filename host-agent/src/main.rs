@@ -219,7 +219,14 @@ fn status(
     let socket = match (socket, config) {
         (Some(s), _) => s,
         (None, Some(c)) => portplane_agent::config::AgentConfig::load(&c)?.socket,
-        (None, None) => sock::default_path(&portplane_agent::config::home_dir()),
+        // Under sudo, the invoking user's agent (HOME may be root's).
+        (None, None) => match std::env::var("SUDO_USER") {
+            Ok(user) if !user.is_empty() => {
+                let user = portplane_agent::service::user::ServiceUser::named(&user)?;
+                sock::default_path(&user.home)
+            }
+            _ => sock::default_path(&portplane_agent::config::home_dir()),
+        },
     };
     let platform = service.platform();
     let view = portplane_agent::service::manager::query(platform, &service.paths());

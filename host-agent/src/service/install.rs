@@ -52,7 +52,7 @@ pub enum InstallError {
          `portplane-agent install --dry-run ...`, then re-run with --force to replace it)"
     )]
     Exists { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", sudo_hint(source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -65,6 +65,14 @@ pub enum InstallError {
         status: String,
         stderr: String,
     },
+}
+
+fn sudo_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied && !nix::unistd::geteuid().is_root() {
+        " (install and uninstall write system folders: run them with sudo)"
+    } else {
+        ""
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
