@@ -106,6 +106,8 @@ fn systemd_install_stops_the_manual_tunnel_and_the_agent_takes_the_port() {
     let mut ssh = manual_tunnel(&s.sshd, s.kube, s.echo);
     let ssh_pid = ssh.id();
     let unrelated = TcpListener::bind("127.0.0.1:0").unwrap();
+    let kubeconfig = s.sshd.ssh_config_path().with_file_name("kubeconfig");
+    std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
 
     // --dry-run: every file and command printed, nothing changed.
     let out = s.install("systemd", &["--dry-run"]);
@@ -116,6 +118,13 @@ fn systemd_install_stops_the_manual_tunnel_and_the_agent_takes_the_port() {
         "{dry}"
     );
     assert!(dry.contains("would run: systemctl daemon-reload"), "{dry}");
+    let kubeconfig = s.sshd.ssh_config_path().with_file_name("kubeconfig");
+    if kubeconfig.exists() {
+        assert!(
+            dry.contains(&format!("would copy {}", kubeconfig.display())),
+            "{dry}"
+        );
+    }
     assert!(
         dry.contains("would run: systemctl enable --now portplane-agent.service"),
         "{dry}"

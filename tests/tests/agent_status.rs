@@ -116,6 +116,35 @@ fn status_shows_forwards_up_with_live_counts_and_exits_1_without_agent() {
         svc.calls()
     );
 
+    // How launchd sees it, read from `launchctl print` (stand-in).
+    svc.launchd_prints(&format!(
+        "system/dev.portplane.agent = {{\n\tactive count = 1\n\tstate = running\n\truns = 2\n\tpid = {}\n\tlast exit code = 0\n}}\n",
+        agent.pid().unwrap()
+    ));
+    let out = svc.run(&[
+        "status",
+        "--json",
+        "--socket",
+        &sock,
+        "--platform",
+        "launchd",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["service"]["name"], "dev.portplane.agent", "{v:#}");
+    assert_eq!(v["service"]["loaded"], true, "{v:#}");
+    assert_eq!(v["service"]["running"], true, "{v:#}");
+    assert_eq!(v["service"]["pid"], agent.pid().unwrap(), "{v:#}");
+    assert_eq!(v["service"]["last_exit"], 0, "{v:#}");
+    assert_eq!(v["service"]["restarts"], 2, "{v:#}");
+    assert!(
+        svc.calls()
+            .iter()
+            .any(|c| c == "launchctl print system/dev.portplane.agent"),
+        "{:?}",
+        svc.calls()
+    );
+
     // The text form: a row per forward.
     let out = svc.run(&["status", "--socket", &sock, "--platform", "systemd"]);
     assert!(out.status.success(), "{}", text(&out));

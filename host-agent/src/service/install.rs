@@ -24,6 +24,8 @@ pub struct Inputs {
     /// Folders the agent writes (systemd `ReadWritePaths=`): the kubeconfig
     /// and talosconfig folders and its state folders.
     pub read_write: Vec<PathBuf>,
+    /// The kubeconfig and talosconfig the agent rewrites.
+    pub configs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,10 @@ pub fn inputs(opts: &Options) -> Result<(Inputs, AgentConfig), InstallError> {
             config: config_path,
             user,
             read_write,
+            configs: vec![
+                config.kubeconfig.path.clone(),
+                config.talosconfig.path.clone(),
+            ],
         },
         config,
     ))
@@ -172,7 +178,7 @@ pub fn install(opts: &Options, out: &mut dyn Write) -> Result<(), InstallError> 
     for (dir, mode) in &dirs {
         create_owned_dir(dir, *mode, &inputs.user)?;
     }
-    for path in [&config.kubeconfig.path, &config.talosconfig.path] {
+    for path in &inputs.configs {
         snapshot_config(path, &inputs.user)?;
     }
     write_atomically(&file, content.as_bytes(), 0o644)?;
@@ -248,6 +254,16 @@ fn dry_run(
             dir.display(),
             inputs.user.name
         ));
+    }
+    for path in &inputs.configs {
+        let snapshot = snapshot_path(path);
+        if path.exists() && !snapshot.exists() {
+            text.push_str(&format!(
+                "would copy {} to {} (for uninstall --restore-configs)\n",
+                path.display(),
+                snapshot.display()
+            ));
+        }
     }
     text.push_str(&format!(
         "would write {} (mode 644, owner root):\n{content}",
