@@ -57,3 +57,36 @@ pub fn start(paths: &Paths) -> Vec<Vec<String>> {
 pub fn disable() -> Vec<String> {
     vec!["launchctl".into(), "disable".into(), target()]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::user::ServiceUser;
+    use std::path::PathBuf;
+
+    #[test]
+    fn values_are_xml_escaped_and_every_placeholder_filled() {
+        let inputs = Inputs {
+            binary: PathBuf::from("/usr/local/bin/portplane-agent"),
+            config: PathBuf::from("/Users/joel/a&b <c>/agent.toml"),
+            user: ServiceUser {
+                name: "joel".into(),
+                uid: 501,
+                gid: 20,
+                home: PathBuf::from("/Users/joel"),
+            },
+            read_write: Vec::new(),
+            configs: Vec::new(),
+        };
+        let plist = render(&inputs, &Paths::new(None));
+        assert!(
+            plist.contains("<string>/Users/joel/a&amp;b &lt;c&gt;/agent.toml</string>"),
+            "{plist}"
+        );
+        assert!(
+            plist.contains("<string>/Library/Logs/portplane/agent.log</string>"),
+            "{plist}"
+        );
+        assert!(!plist.contains("{{"), "{plist}");
+    }
+}

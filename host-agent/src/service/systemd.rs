@@ -63,3 +63,50 @@ pub fn disable_now() -> Vec<String> {
         UNIT.into(),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::user::ServiceUser;
+    use std::path::PathBuf;
+
+    fn inputs(config: &str) -> Inputs {
+        Inputs {
+            binary: PathBuf::from("/usr/local/bin/portplane-agent"),
+            config: PathBuf::from(config),
+            user: ServiceUser {
+                name: "joel".into(),
+                uid: 1000,
+                gid: 1000,
+                home: PathBuf::from("/home/joel"),
+            },
+            read_write: vec![PathBuf::from("/home/joel/.kube")],
+            configs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn renders_absolute_paths_and_escapes_specifiers() {
+        let unit = render(&inputs("/home/joel/100%/agent.toml")).unwrap();
+        assert!(
+            unit.contains(
+                "ExecStart=/usr/local/bin/portplane-agent run --config /home/joel/100%%/agent.toml"
+            ),
+            "{unit}"
+        );
+        assert!(
+            unit.contains("ReadWritePaths=-/home/joel/.kube\n"),
+            "{unit}"
+        );
+        assert!(unit.contains("User=joel\n"), "{unit}");
+        assert!(!unit.contains("{{"), "every placeholder filled: {unit}");
+    }
+
+    #[test]
+    fn a_path_with_spaces_is_refused_naming_it() {
+        let err = render(&inputs("/home/joel/my configs/agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("my configs"), "{err}");
+    }
+}
