@@ -56,10 +56,15 @@ pub struct LeaseConfig {
     pub name: String,
     /// Lease namespace; defaults to $POD_NAMESPACE, else "default".
     pub namespace: Option<String>,
-    /// How long a leader holds the lease without renewing it.
+    /// How long a standby waits, from the last renew it saw, before it takes
+    /// the lease of a leader that stopped renewing.
     pub duration_seconds: u32,
     /// How often the leader renews (and a standby retries).
     pub renew_seconds: u32,
+    /// How long a leader keeps writing after the start of its last
+    /// successful renew; default two thirds of `durationSeconds` (client-go:
+    /// 10 s of 15 s). Must lie between `renewSeconds` and `durationSeconds`.
+    pub renew_deadline_seconds: Option<u32>,
 }
 
 impl Default for Config {
@@ -97,6 +102,25 @@ impl Default for LeaseConfig {
             namespace: None,
             duration_seconds: 15,
             renew_seconds: 2,
+            renew_deadline_seconds: None,
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// `renewDeadlineSeconds`, or two thirds of `durationSeconds`.
+    pub fn renew_deadline_seconds(&self) -> u32 {
+        self.renew_deadline_seconds
+            .unwrap_or(self.duration_seconds.saturating_mul(2) / 3)
+    }
+
+    /// The election's timing.
+    pub fn timing(&self) -> crate::lease::Timing {
+        let secs = |s: u32| std::time::Duration::from_secs(u64::from(s));
+        crate::lease::Timing {
+            lease_duration: secs(self.duration_seconds),
+            renew_deadline: secs(self.renew_deadline_seconds()),
+            retry_period: secs(self.renew_seconds),
         }
     }
 }
@@ -154,11 +178,21 @@ impl Config {
             parse_target(&port.target)
                 .map_err(|e| format!("{key}.target: expected host:port, {e}"))?;
         }
-        if self.lease.duration_seconds <= self.lease.renew_seconds || self.lease.renew_seconds == 0
+        let lease = &self.lease;
+        let deadline = lease.renew_deadline_seconds();
+        if lease.renew_seconds == 0
+            || lease.renew_seconds >= deadline
+            || deadline >= lease.duration_seconds
         {
             return Err(format!(
-                "lease: expected 0 < renewSeconds < durationSeconds, got renewSeconds {} and durationSeconds {}",
-                self.lease.renew_seconds, self.lease.duration_seconds
+                "lease: expected 0 < renewSeconds < renewDeadlineSeconds < durationSeconds, got renewSeconds {}, renewDeadlineSeconds {deadline}{} and durationSeconds {}",
+                lease.renew_seconds,
+                if lease.renew_deadline_seconds.is_none() {
+                    " (two thirds of durationSeconds)"
+                } else {
+                    ""
+                },
+                lease.duration_seconds
             ));
         }
         if self.resync_seconds == 0 {
@@ -232,6 +266,19 @@ mod tests {
         assert!(!config.node_ports);
         assert!(config.operator_ports.is_empty());
         assert_eq!(config.lease.duration_seconds, 5);
+    }
+
+    #[test]
+    fn renew_deadline_defaults_to_two_thirds_and_must_lie_between() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.lease.renew_deadline_seconds(), 10);
+        let err = Config::parse(
+            "lease: {durationSeconds: 15, renewSeconds: 2, renewDeadlineSeconds: 15}\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("renewDeadlineSeconds 15"), "{err}");
+        let err = Config::parse("lease: {durationSeconds: 3, renewSeconds: 2}\n").unwrap_err();
+        assert!(err.contains("renewDeadlineSeconds 2 (two thirds"), "{err}");
     }
 
     #[test]

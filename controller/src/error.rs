@@ -25,4 +25,6 @@ pub enum Error {
     WatchEnded(&'static str),
     #[error("lease {0}: {1}")]
     Lease(String, String),
+    #[error("stopped writing: the lease ran out before the writes finished")]
+    LeaseExpired,
 }

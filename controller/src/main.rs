@@ -1,6 +1,7 @@
 //! `portplane-controller`: the in-cluster half of portplane.
 
 use std::io::IsTerminal;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,11 @@ enum Command {
         /// Controller config (YAML); defaults apply when omitted.
         #[arg(long, value_name = "FILE", env = "PORTPLANE_CONTROLLER_CONFIG")]
         config: Option<PathBuf>,
+        /// Listen on this IP instead of the config's httpListen/grpcListen
+        /// addresses (their ports are kept). The Helm chart sets it to the
+        /// pod's IP when the pod uses the host's network.
+        #[arg(long, value_name = "IP", env = "PORTPLANE_LISTEN_ADDRESS")]
+        listen_address: Option<IpAddr>,
     },
     /// Print the OperatorPort CustomResourceDefinition as YAML
     /// (apply it with `portplane-controller crd | kubectl apply -f -`).
@@ -39,12 +45,19 @@ fn main() -> anyhow::Result<()> {
             print!("{}", portplane_controller::crd::crd_yaml()?);
             Ok(())
         }
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            listen_address,
+        } => {
             init_tracing();
-            let config = match config {
+            let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
             };
+            if let Some(ip) = listen_address {
+                config.http_listen.set_ip(ip);
+                config.grpc_listen.set_ip(ip);
+            }
             // One thread: the controller waits on the API server, it does not
             // compute; cross-thread wake-ups cost more CPU than they save, and
             // that CPU is the API server's on a small machine.

@@ -48,12 +48,23 @@ impl ControlPlane {
 
     /// A control plane of its own, on fresh loopback ports.
     pub fn start() -> anyhow::Result<ControlPlane> {
+        ControlPlane::start_with_nodes(0)
+    }
+
+    /// A control plane of its own with `nodes` real nodes (containerd,
+    /// kubelet; kube-scheduler), node i at 127.0.0.i, running hostNetwork
+    /// pods only (see scripts/lib/node.bash).
+    pub fn start_with_nodes(nodes: u8) -> anyhow::Result<ControlPlane> {
         let temp = tempfile::Builder::new()
             .prefix("portplane-cluster-")
             .tempdir()?;
         let state_dir = temp.path().join("state");
-        let output = script(&state_dir)
-            .arg("up")
+        let mut up = script(&state_dir);
+        up.arg("up");
+        if nodes > 0 {
+            up.args(["--nodes", &nodes.to_string()]);
+        }
+        let output = up
             // If this process dies without running its teardown, the script's
             // watchdog stops the control plane when it notices.
             .env(
@@ -135,6 +146,23 @@ impl ControlPlane {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Import an image archive (`docker save` output) into every node's
+    /// containerd.
+    pub fn load_image(&self, archive: &Path) -> anyhow::Result<()> {
+        let output = script(&self.state_dir)
+            .arg("load-image")
+            .arg(archive)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "scripts/cluster load-image {} failed:\n{}",
+                archive.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// Stop every process `up` started, by pid. Idempotent.

@@ -12,7 +12,7 @@ use crate::cluster::ControlPlane;
 use crate::{free_port, repo_root, workspace_bin};
 
 /// Where the chart keeps the CRD.
-pub const CRD_PATH: &str = "charts/portplane/crds/operatorports.portplane.dev.yaml";
+pub const CRD_PATH: &str = "charts/portplane/files/operatorports.portplane.dev.yaml";
 
 /// `portplane-controller crd`.
 pub fn crd_from_binary() -> String {
@@ -76,6 +76,12 @@ pub fn scoped_config(scope: &str, extra: &str) -> String {
 impl Controller {
     /// Start the binary with `config` (YAML) and wait until /readyz is 200.
     pub fn start(plane: &ControlPlane, config: &str) -> Controller {
+        Controller::start_with_kubeconfig(config, plane.kubeconfig())
+    }
+
+    /// The same, reaching the API server as `kubeconfig` says (for example
+    /// through a [`crate::blackhole::Blackhole`]).
+    pub fn start_with_kubeconfig(config: &str, kubeconfig: &std::path::Path) -> Controller {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let config_path = dir.path().join("controller.yaml");
         let http_port = free_port().unwrap_or_else(|e| panic!("{e}"));
@@ -90,7 +96,7 @@ impl Controller {
             grpc_port,
             log: dir.path().join("controller.log"),
             config_path,
-            kubeconfig: plane.kubeconfig().to_path_buf(),
+            kubeconfig: kubeconfig.to_path_buf(),
             _dir: dir,
         };
         c.spawn();
@@ -196,13 +202,17 @@ impl Controller {
             .and_then(|v| v.trim().parse().ok())
     }
 
-    /// Every OperatorPort write so far (apply + status + delete).
+    /// Every OperatorPort write so far (apply + status + delete). Panics
+    /// when /metrics does not answer or lacks a counter: a missing figure
+    /// must not read as "no writes".
     pub fn writes(&self) -> u64 {
         ["apply", "status", "delete"]
             .iter()
             .map(|k| {
-                self.metric(&format!("portplane_writes_total{{kind=\"{k}\"}}"))
-                    .unwrap_or(0.0) as u64
+                let name = format!("portplane_writes_total{{kind=\"{k}\"}}");
+                self.metric(&name)
+                    .unwrap_or_else(|| panic!("/metrics has no {name}; log:\n{}", self.log_text()))
+                    as u64
             })
             .sum()
     }

@@ -3,8 +3,10 @@
 //! paths of the workspace's own binaries.
 
 pub mod agent_cli;
+pub mod blackhole;
 pub mod cluster;
 pub mod controller;
+pub mod helm;
 pub mod procfs;
 pub mod sshd;
 

@@ -1,7 +1,8 @@
 //! The chart and the CRD: the chart's CRD is exactly what the controller
-//! derives from its types, the real helm lints and renders the chart, and the
-//! real API server accepts every object (`helm install`; no kubelet runs
-//! here, so nothing waits for Pods).
+//! derives from its types, the real helm lints and renders the chart, its
+//! schema refuses typos, and the real API server accepts every object
+//! (`helm install` without nodes; tests/tests/controller_helm.rs runs the
+//! pods on real nodes).
 
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{CRD_PATH, crd_from_binary, eventually, wait_crd_established};
@@ -50,12 +51,20 @@ fn helm_lint_and_template_render_every_object() {
         "kind: Role\n",
         "kind: ConfigMap",
         "kind: Service\n",
+        "kind: PodDisruptionBudget",
     ] {
         assert!(
             rendered.contains(kind),
             "helm template lacks {kind:?}:\n{rendered}"
         );
     }
+    // Helm never upgrades crds/: the CRD is a template, kept on uninstall.
+    assert!(rendered.contains("helm.sh/resource-policy: keep"));
+    assert!(rendered.contains("image: \"ghcr.io/portplane/portplane-controller:0.1.0\""));
+    assert!(
+        rendered.contains("runAsNonRoot: true")
+            && rendered.contains("readOnlyRootFilesystem: true")
+    );
     // The ConfigMap carries the lease namespace of the release and the
     // operator ports of the seed's contract.
     assert!(
@@ -64,6 +73,83 @@ fn helm_lint_and_template_render_every_object() {
         "{rendered}"
     );
     assert!(rendered.contains("local: 127.0.0.1:16443"));
+}
+
+#[test]
+fn non_default_values_render_and_a_typo_fails_against_the_schema() {
+    let plane = ControlPlane::shared();
+    let chart = repo_root().join("charts/portplane");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let out = plane
+        .helm()
+        .args(["template", "pp", "-n", "portplane"])
+        .arg(&chart)
+        .args([
+            "--set",
+            "hostNetwork=true,apiServer.host=127.0.0.1,apiServer.port=6443",
+        ])
+        .args([
+            "--set",
+            "service.tailscale.expose=true,service.tailscale.hostname=portplane",
+        ])
+        .args([
+            "--set",
+            &format!("image.digest={digest},replicas=1,crds.install=false"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    assert!(rendered.contains(&format!("ghcr.io/portplane/portplane-controller@{digest}")));
+    assert!(
+        rendered.contains("hostNetwork: true") && rendered.contains("PORTPLANE_LISTEN_ADDRESS")
+    );
+    assert!(
+        rendered.contains("tailscale.com/expose: \"true\"")
+            && rendered.contains("tailscale.com/hostname: portplane")
+    );
+    assert!(
+        !rendered.contains("kind: PodDisruptionBudget"),
+        "one replica: no PDB"
+    );
+    assert!(!rendered.contains("kind: CustomResourceDefinition"));
+
+    for (typo, key) in [
+        ("replica=3", "replica"),
+        ("config.tailnetDomian=x", "tailnetDomian"),
+    ] {
+        let out = plane
+            .helm()
+            .args(["template", "pp"])
+            .arg(&chart)
+            .args(["--set", typo])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(key),
+            "--set {typo}: {err}"
+        );
+    }
+}
+
+#[test]
+fn chart_app_version_is_the_workspace_version() {
+    let chart = std::fs::read_to_string(repo_root().join("charts/portplane/Chart.yaml")).unwrap();
+    let cargo = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let version = cargo
+        .lines()
+        .skip_while(|l| *l != "[workspace.package]")
+        .find_map(|l| l.strip_prefix("version = "))
+        .unwrap();
+    assert!(
+        chart.contains(&format!("appVersion: {version}")),
+        "Chart.yaml appVersion must be {version}: the chart's default image tag is the binary's version"
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::Error;
 use crate::config::Config;
 use crate::grpc::{self, AgentRegistry};
 use crate::inventory::{self, ProxyIndex};
-use crate::lease::LeaderElector;
+use crate::lease::{LeaderElector, Leadership, is_leading};
 use crate::metrics::Metrics;
 use crate::reconcile::MANAGER;
 
@@ -30,7 +30,7 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
-    pub leader: watch::Receiver<bool>,
+    pub leader: watch::Receiver<Leadership>,
     pub trigger: Arc<Notify>,
     pub agents: Arc<RwLock<AgentRegistry>>,
     pub inventory: watch::Sender<grpc::Published>,
@@ -54,14 +54,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let ready = Arc::new(AtomicBool::new(false));
     let (stores, watch_tasks) = watches::start(&client, &config, trigger.clone(), metrics.clone());
 
-    let (leader_tx, leader) = watch::channel(false);
+    let (leader_tx, leader) = watch::channel(None);
     let elector = LeaderElector::new(
         client.clone(),
         &config.lease_namespace(),
         &config.lease.name,
         &identity,
-        Duration::from_secs(u64::from(config.lease.duration_seconds)),
-        Duration::from_secs(u64::from(config.lease.renew_seconds)),
+        config.lease.timing(),
     );
     let lease_task = tokio::spawn(elector.run(leader_tx, shutdown.clone()));
 
@@ -202,14 +201,20 @@ async fn reconcile_once(ctx: &Context) -> Result<(), Error> {
             true
         }
     });
-    let leading = *ctx.leader.borrow();
+    let leadership = *ctx.leader.borrow();
+    let leading = is_leading(&leadership, tokio::time::Instant::now());
     ctx.metrics
         .is_leader
         .store(u64::from(leading), Ordering::Relaxed);
-    let result = if leading {
-        writer::write_difference(ctx, &desired).await
-    } else {
-        Ok(())
+    let result = match leadership {
+        // Writes stop when the lease runs out, even mid-request: a hung API
+        // call cannot keep this replica writing after another took over.
+        Some(until) if leading => {
+            tokio::time::timeout_at(until, writer::write_difference(ctx, &desired))
+                .await
+                .unwrap_or(Err(Error::LeaseExpired))
+        }
+        _ => Ok(()),
     };
     ctx.metrics
         .last_reconcile_micros
