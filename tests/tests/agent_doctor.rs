@@ -225,6 +225,7 @@ fn doctor_passes_on_the_real_stack_and_each_fault_fails_its_own_check() {
         .unwrap();
     let t = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out));
+    println!("{t}");
     assert!(t.contains("√ the kube API answers"), "{t}");
     assert!(t.contains("Status check results are √"), "{t}");
 

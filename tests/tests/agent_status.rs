@@ -149,6 +149,7 @@ fn status_shows_forwards_up_with_live_counts_and_exits_1_without_agent() {
     let out = svc.run(&["status", "--socket", &sock, "--platform", "systemd"]);
     assert!(out.status.success(), "{}", text(&out));
     let t = stdout(&out);
+    println!("{t}");
     let row = t
         .lines()
         .find(|l| l.starts_with("kube-apiserver"))
