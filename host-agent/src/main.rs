@@ -165,7 +165,7 @@ fn main() -> anyhow::Result<()> {
                 Some(path) => Some(portplane_agent::config::AgentConfig::load(&path)?),
                 None => None,
             };
-            portplane_agent::service::install::uninstall(
+            portplane_agent::service::uninstall::uninstall(
                 service.platform(),
                 &service.paths(),
                 config.as_ref(),

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Check, kube_api, talos_tls};
+use super::Check;
 use crate::config::AgentConfig;
-use crate::rewrite::{self, Env};
+use crate::rewrite::Env;
 use crate::service::manager::{self, ServiceView};
 use crate::service::{Paths, Platform};
 use crate::status::AgentStatus;
@@ -15,20 +15,6 @@ use crate::tunnel::port_holder::{self, Holder};
 
 /// How long any one network check may take.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// Processes that legitimately hold a runtime port on the host: Lima's and
-/// Colima's port forwarders, Docker's proxies, Tailscale.
-const RUNTIME_OWNERS: &[&str] = &[
-    "limactl",
-    "lima",
-    "colima",
-    "docker-proxy",
-    "dockerd",
-    "com.docker.backend",
-    "vpnkit",
-    "gvproxy",
-    "tailscaled",
-];
 
 pub struct Inputs<'a> {
     pub config: &'a AgentConfig,
@@ -64,11 +50,15 @@ pub async fn run_all(inputs: &Inputs<'_>) -> Vec<Check> {
     let status = status.ok();
     checks.extend(forwards(inputs, status.as_ref()));
     // Concurrent: with the VM down each would wait out its own timeout.
-    let (ssh, kube, talos) = tokio::join!(ssh(inputs), kube(inputs), talos(inputs));
+    let (ssh, kube, talos) = tokio::join!(
+        ssh(inputs),
+        super::apis::kube(inputs),
+        super::apis::talos(inputs)
+    );
     checks.extend(ssh);
     checks.extend(kube);
     checks.extend(talos);
-    checks.extend(runtime_ports(inputs.config));
+    checks.extend(super::ports::runtime_ports(inputs.config));
     checks.extend(controller(inputs.config, status.as_ref()));
     checks
 }
@@ -215,7 +205,7 @@ fn forwards(inputs: &Inputs<'_>, status: Option<&AgentStatus>) -> Vec<Check> {
         .collect()
 }
 
-fn list(holders: &[Holder]) -> String {
+pub(super) fn list(holders: &[Holder]) -> String {
     holders
         .iter()
         .map(Holder::to_string)
@@ -273,291 +263,6 @@ async fn ssh(inputs: &Inputs<'_>) -> Vec<Check> {
         ),
     });
     checks
-}
-
-async fn kube(inputs: &Inputs<'_>) -> Vec<Check> {
-    const CAT: &str = "kubernetes";
-    let config = inputs.config;
-    let rewrite_hint = format!(
-        "the running agent rewrites it within a second; or once: portplane-agent rewrite --config {}",
-        inputs.config_path.display()
-    );
-    let Some(forward) = config.forward(&config.kubeconfig.forward) else {
-        return Vec::new();
-    };
-    let path = match rewrite::apply::kubeconfig_path(config, inputs.env) {
-        Ok(p) => p,
-        Err(e) => {
-            return vec![Check::fail(
-                CAT,
-                "kubeconfig-points",
-                "the kubeconfig points at the kube-apiserver forward",
-                e.to_string(),
-                rewrite_hint,
-            )];
-        }
-    };
-    let target = rewrite::apply::kube_target(config);
-    let points_name = format!(
-        "{} points cluster {} at {}",
-        path.display(),
-        config.kubeconfig.cluster,
-        target.server
-    );
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![Check::fail(
-                CAT,
-                "kubeconfig-points",
-                points_name,
-                format!("{}: {e}", path.display()),
-                "get it: talosctl kubeconfig",
-            )];
-        }
-    };
-    let edited =
-        match rewrite::kubeconfig::rewrite(&text, &target, &mut rewrite::apply::port_is_dead) {
-            Ok(e) => e,
-            Err(e) => {
-                return vec![Check::fail(
-                    CAT,
-                    "kubeconfig-points",
-                    points_name,
-                    format!("{}: {e}", path.display()),
-                    "get it: talosctl kubeconfig",
-                )];
-            }
-        };
-    let mut checks = Vec::new();
-    checks.push(if edited.changed {
-        Check::fail(
-            CAT,
-            "kubeconfig-points",
-            points_name,
-            format!(
-                "cluster \"{}\" has server {}",
-                edited.report.cluster,
-                edited.report.previous_server.as_deref().unwrap_or("(none)")
-            ),
-            rewrite_hint.clone(),
-        )
-    } else {
-        Check::pass(CAT, "kubeconfig-points", points_name)
-    });
-    checks.push(if edited.report.stale.is_empty() {
-        Check::pass(CAT, "kubeconfig-stale", "no stale contexts of older cluster generations")
-    } else {
-        Check::fail(
-            CAT,
-            "kubeconfig-stale",
-            "no stale contexts of older cluster generations",
-            format!(
-                "{}: contexts {} point at loopback ports nothing listens on",
-                path.display(),
-                edited.report.stale.join(", ")
-            ),
-            format!(
-                "remove them: kubectl config delete-context {} (or set [kubeconfig] prune_stale = true and the agent does it)",
-                edited.report.stale.join(" ")
-            ),
-        )
-    });
-    let name = format!(
-        "the kube API answers an authenticated request through {} (TLS verified)",
-        forward.listen
-    );
-    checks.push(
-        match tokio::time::timeout(
-            CHECK_TIMEOUT,
-            kube_api::whoami(&path, &edited.report.cluster, &target.server),
-        )
-        .await
-        {
-            Ok(Ok(user)) => Check::pass(CAT, "kube-api", format!("{name}: you are {user}")),
-            Ok(Err(e)) => Check::fail(CAT, "kube-api", name, e.to_string(), kube_api::hint(&e)),
-            Err(_) => Check::fail(
-                CAT,
-                "kube-api",
-                name,
-                format!("no answer within {CHECK_TIMEOUT:?}"),
-                "check the vm (ssh) checks above; then `kubectl get nodes` for the same request",
-            ),
-        },
-    );
-    checks
-}
-
-async fn talos(inputs: &Inputs<'_>) -> Vec<Check> {
-    const CAT: &str = "talos";
-    let config = inputs.config;
-    let Some(forward) = config.forward(&config.talosconfig.forward) else {
-        return Vec::new();
-    };
-    let path = rewrite::apply::talosconfig_path(config, inputs.env);
-    let target = rewrite::apply::talos_target(config);
-    let points_name = format!(
-        "{} points context {} at {}",
-        path.display(),
-        config.talosconfig.context,
-        target.endpoint
-    );
-    let rewrite_hint = format!(
-        "the running agent rewrites it within a second; or once: portplane-agent rewrite --config {}",
-        inputs.config_path.display()
-    );
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![Check::fail(
-                CAT,
-                "talosconfig-points",
-                points_name,
-                format!("{}: {e}", path.display()),
-                "get it: talosctl config merge, or re-create the cluster",
-            )];
-        }
-    };
-    let edited = match rewrite::talosconfig::rewrite(&text, &target) {
-        Ok(e) => e,
-        Err(e) => {
-            return vec![Check::fail(
-                CAT,
-                "talosconfig-points",
-                points_name,
-                format!("{}: {e}", path.display()),
-                "fix or re-create it: talosctl config merge",
-            )];
-        }
-    };
-    let mut checks = vec![if edited.changed {
-        Check::fail(
-            CAT,
-            "talosconfig-points",
-            points_name,
-            format!(
-                "context \"{}\" has endpoints [{}]",
-                edited.report.context,
-                edited.report.previous_endpoints.join(", ")
-            ),
-            rewrite_hint,
-        )
-    } else {
-        Check::pass(CAT, "talosconfig-points", points_name)
-    }];
-    let name = format!(
-        "the Talos API completes a TLS handshake through {}",
-        forward.listen
-    );
-    checks.push(
-        match tokio::time::timeout(
-            CHECK_TIMEOUT,
-            talos_tls::handshake(&text, &edited.report.context, forward.listen),
-        )
-        .await
-        {
-            Ok(Ok(())) => Check::pass(CAT, "talos-api", name),
-            Ok(Err(e)) => Check::fail(
-                CAT,
-                "talos-api",
-                name,
-                e.to_string(),
-                "check the vm (ssh) checks above; then `talosctl version` for the same connection",
-            ),
-            Err(_) => Check::fail(
-                CAT,
-                "talos-api",
-                name,
-                format!("no handshake within {CHECK_TIMEOUT:?}"),
-                "check the vm (ssh) checks above; then `talosctl version`",
-            ),
-        },
-    );
-    checks
-}
-
-fn runtime_ports(config: &AgentConfig) -> Vec<Check> {
-    const CAT: &str = "runtime ports";
-    let Some(controller) = &config.controller else {
-        return Vec::new();
-    };
-    let inventory = match crate::ownership::load_cache(&controller.inventory_cache) {
-        Ok(Some(i)) => i,
-        Ok(None) => {
-            return vec![Check::warn(
-                CAT,
-                "runtime-ports",
-                "no second owner holds a runtime port",
-                format!(
-                    "{}: no cached inventory yet",
-                    controller.inventory_cache.display()
-                ),
-                "the agent caches it once the controller link is up (see controller below)",
-            )];
-        }
-        Err(e) => {
-            return vec![Check::fail(
-                CAT,
-                "runtime-ports",
-                "no second owner holds a runtime port",
-                e.to_string(),
-                "remove the file; the agent writes it again from the controller",
-            )];
-        }
-    };
-    let mut checks = Vec::new();
-    let mut clean = true;
-    for rp in &inventory.runtime_ports {
-        for port in [rp.port, rp.node_port].into_iter().filter(|p| *p != 0) {
-            let strays: Vec<Holder> = port_holder::holders(port)
-                .into_iter()
-                .filter(|h| !is_runtime_owner(h))
-                .collect();
-            if !strays.is_empty() {
-                clean = false;
-                checks.push(Check::fail(
-                    CAT,
-                    &format!("runtime-port-{port}"),
-                    format!("runtime port {port} ({}) has no second owner", rp.name),
-                    format!(
-                        "{} also listens on {port}, which belongs to Colima/Lima or the Tailscale operator",
-                        list(&strays)
-                    ),
-                    format!("stop it: kill {}", strays.iter().map(|h| h.pid.to_string()).collect::<Vec<_>>().join(" ")),
-                ));
-            }
-        }
-    }
-    if clean {
-        checks.push(Check::pass(
-            CAT,
-            "runtime-ports",
-            format!(
-                "no second owner holds any of the {} runtime ports (inventory revision {})",
-                inventory.runtime_ports.len(),
-                inventory.revision
-            ),
-        ));
-    }
-    checks
-}
-
-/// A runtime port's own holder: Lima/Colima/Docker/Tailscale, or Lima's own
-/// ssh ControlMaster (older Lima forwards ports through it).
-fn is_runtime_owner(h: &Holder) -> bool {
-    RUNTIME_OWNERS.contains(&h.command.as_str())
-        || (h.command == "ssh" && command_line(h.pid).contains("_lima/"))
-}
-
-fn command_line(pid: u32) -> String {
-    if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-        return String::from_utf8_lossy(&bytes).replace('\0', " ");
-    }
-    std::process::Command::new("ps")
-        .args(["-o", "command=", "-p", &pid.to_string()])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 fn controller(config: &AgentConfig, status: Option<&AgentStatus>) -> Vec<Check> {

@@ -3,8 +3,10 @@
 //! for a failure one line saying what is wrong and one saying what to do
 //! (the layout of `linkerd check`). Exit 1 only when a check fails.
 
+pub mod apis;
 pub mod checks;
 pub mod kube_api;
+pub mod ports;
 pub mod talos_tls;
 
 use std::fmt::Write as _;

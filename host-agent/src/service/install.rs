@@ -3,11 +3,11 @@
 //! prints every file in full and every command and changes nothing.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use super::files::{create_owned_dir, snapshot_config, snapshot_path, write_atomically};
 use super::stale::{self, Finding};
 use super::user::{ServiceUser, UserError};
 use super::{LABEL, Paths, Platform, UNIT, launchd, systemd};
@@ -77,7 +77,7 @@ fn sudo_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     move |source| InstallError::Io {
         path: path.into(),
         source,
@@ -367,7 +367,7 @@ fn stop_stale(
 }
 
 /// Run `command`, echoing it; its output goes to `out`.
-fn run(command: &[String], out: &mut dyn Write) -> Result<(), InstallError> {
+pub(super) fn run(command: &[String], out: &mut dyn Write) -> Result<(), InstallError> {
     let line = command.join(" ");
     writeln!(out, "$ {line}").map_err(io(Path::new("stdout")))?;
     let (program, args) = command
@@ -408,127 +408,4 @@ fn run_retrying(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Create `dir` (and its parents) when missing, owned by the service user;
-/// an existing folder is left as it is.
-fn create_owned_dir(dir: &Path, mode: u32, user: &ServiceUser) -> Result<(), InstallError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    // Create each missing level so every new folder gets the user as owner.
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur.filter(|d| !d.exists()) {
-        missing.push(d.to_path_buf());
-        cur = d.parent();
-    }
-    for d in missing.iter().rev() {
-        std::fs::create_dir(d).map_err(io(d))?;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).map_err(io(d))?;
-        chown_if_root(d, user.uid, user.gid)?;
-    }
-    Ok(())
-}
-
-fn chown_if_root(path: &Path, uid: u32, gid: u32) -> Result<(), InstallError> {
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(path))?;
-    }
-    Ok(())
-}
-
-/// `<file>.portplane.pre-install`: the config as it was before the first
-/// install, for `uninstall --restore-configs`. A later install keeps it.
-pub fn snapshot_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".portplane.pre-install");
-    path.with_file_name(name)
-}
-
-fn snapshot_config(path: &Path, user: &ServiceUser) -> Result<(), InstallError> {
-    let snapshot = snapshot_path(path);
-    if snapshot.exists() || !path.exists() {
-        return Ok(());
-    }
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    write_atomically(&snapshot, &bytes, 0o600)?;
-    chown_if_root(&snapshot, user.uid, user.gid)
-}
-
-/// Temp file in the same folder, fsync, rename: readers never see half a file.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| InstallError::Unsupported(format!("{}: no folder", path.display())))?;
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".portplane-")
-        .tempfile_in(dir)
-        .map_err(io(dir))?;
-    tmp.write_all(bytes).map_err(io(path))?;
-    tmp.as_file().sync_all().map_err(io(path))?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-        .map_err(io(path))?;
-    chown_if_root(tmp.path(), 0, 0)?;
-    tmp.persist(path).map_err(|e| io(path)(e.error))?;
-    Ok(())
-}
-
-/// `uninstall`: stop and remove the service; with `restore` (the agent
-/// config), put back the kubeconfig and talosconfig saved at install.
-pub fn uninstall(
-    platform: Platform,
-    paths: &Paths,
-    restore: Option<&AgentConfig>,
-    out: &mut dyn Write,
-) -> Result<(), InstallError> {
-    let file = paths.service_file(platform);
-    match platform {
-        Platform::Launchd => {
-            let _ = run(&launchd::bootout(), out);
-            run(&launchd::disable(), out)?;
-        }
-        // disable fails on a unit that does not exist.
-        Platform::Systemd if file.exists() => run(&systemd::disable_now(), out)?,
-        Platform::Systemd => {}
-    }
-    match std::fs::remove_file(&file) {
-        Ok(()) => writeln!(out, "removed {}", file.display()).map_err(io(&file))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            writeln!(out, "{} was not installed", file.display()).map_err(io(&file))?
-        }
-        Err(e) => return Err(io(&file)(e)),
-    }
-    if platform == Platform::Systemd {
-        run(&systemd::daemon_reload(), out)?;
-    }
-    if let Some(config) = restore {
-        for path in [&config.kubeconfig.path, &config.talosconfig.path] {
-            let snapshot = snapshot_path(path);
-            let Ok(bytes) = std::fs::read(&snapshot) else {
-                writeln!(
-                    out,
-                    "{}: no copy from before install ({} is missing); left as it is",
-                    path.display(),
-                    snapshot.display()
-                )
-                .map_err(io(path))?;
-                continue;
-            };
-            let mode = std::fs::metadata(path)
-                .map(|m| m.permissions().mode() & 0o7777)
-                .unwrap_or(0o600);
-            let owner = std::fs::metadata(path)
-                .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-            write_atomically(path, &bytes, mode)?;
-            if let (Some(uid), Ok(meta)) = (owner, std::fs::metadata(&snapshot)) {
-                chown_if_root(path, uid, std::os::unix::fs::MetadataExt::gid(&meta))?;
-            }
-            std::fs::remove_file(&snapshot).map_err(io(&snapshot))?;
-            writeln!(out, "restored {} from before install", path.display()).map_err(io(path))?;
-        }
-    }
-    Ok(())
 }

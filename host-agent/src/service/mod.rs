@@ -6,11 +6,13 @@
 //! `PORTPLANE_INSTALL_ROOT`) says otherwise, so tests install into a
 //! temporary folder.
 
+pub mod files;
 pub mod install;
 pub mod launchd;
 pub mod manager;
 pub mod stale;
 pub mod systemd;
+pub mod uninstall;
 pub mod user;
 
 use std::path::{Path, PathBuf};
