@@ -49,6 +49,10 @@ pub struct AgentConfig {
     #[serde(default)]
     pub talosconfig: TalosconfigSection,
     pub controller: Option<ControllerSection>,
+    /// The status socket `run` serves and `status`/`doctor` ask; its folder
+    /// is made 0700.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,14 +164,28 @@ impl AgentConfig {
         Self::parse(path, &text)
     }
 
+    /// Like [`AgentConfig::load`], with `~` meaning `home` (install reads
+    /// the config as root for the user the service runs as).
+    pub fn load_with_home(path: &Path, home: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse_with_home(path, &text, home)
+    }
+
     /// Parse `text` as if read from `path` (which only names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+        Self::parse_with_home(path, text, &home_dir())
+    }
+
+    fn parse_with_home(path: &Path, text: &str, home: &Path) -> Result<AgentConfig, ConfigError> {
         let mut config: AgentConfig =
             toml::from_str(text).map_err(|source| ConfigError::Parse {
                 path: path.into(),
                 source: Box::new(source),
             })?;
-        config.expand_home(&home_dir());
+        config.expand_home(home);
         config.validate(path)?;
         Ok(config)
     }
@@ -182,6 +200,7 @@ impl AgentConfig {
             &mut self.ssh.config,
             &mut self.kubeconfig.path,
             &mut self.talosconfig.path,
+            &mut self.socket,
         ] {
             *p = expand_tilde(p, home);
         }
@@ -279,6 +298,7 @@ impl Default for AgentConfig {
             kubeconfig: KubeconfigSection::default(),
             talosconfig: TalosconfigSection::default(),
             controller: None,
+            socket: default_socket(),
         };
         config.expand_home(&home_dir());
         config
@@ -441,6 +461,9 @@ fn default_talos_forward() -> String {
 }
 fn default_talos_node() -> String {
     "10.5.0.2".into()
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from("~/.local/state/portplane/agent.sock")
 }
 fn default_inventory_cache() -> PathBuf {
     PathBuf::from("~/.cache/portplane/inventory.json")

@@ -4,9 +4,9 @@
 //! way: failures are logged and retried with backoff.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use pb::port_inventory_client::PortInventoryClient;
 use portplane_proto::v1alpha1 as pb;
@@ -14,6 +14,7 @@ use portplane_proto::v1alpha1 as pb;
 use crate::config::{AgentConfig, ControllerSection, Forward};
 use crate::ownership::{CachedInventory, RuntimePort};
 use crate::tunnel::backoff::{Backoff, jitter_seed};
+use crate::tunnel::listener::Counters;
 use crate::tunnel::pool::Pool;
 
 const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -21,10 +22,44 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// What the agent reports about its forwards.
 pub struct TunnelStatus {
     pub pool: Arc<Pool>,
-    /// Forwards being served, each with its live connection count.
-    pub served: Vec<(Forward, Arc<AtomicU32>)>,
+    /// Forwards being served, each with its connection counts.
+    pub served: Vec<(Forward, Arc<Counters>)>,
     /// Forwards refused by the ownership rule, with the reason.
     pub refused: Vec<(Forward, String)>,
+    /// The controller link as last seen, for `status`.
+    pub link: LinkState,
+}
+
+/// The controller link as last seen: written by [`keep_in_touch`], read by
+/// `status`.
+#[derive(Debug, Default)]
+pub struct LinkState {
+    connected: AtomicBool,
+    inner: Mutex<LinkInner>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LinkInner {
+    pub last_report: Option<SystemTime>,
+    pub inventory_revision: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl LinkState {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> LinkInner {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LinkInner)) {
+        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner));
+    }
 }
 
 impl TunnelStatus {
@@ -42,13 +77,18 @@ impl TunnelStatus {
         let mut tunnels: Vec<pb::TunnelReport> = self
             .served
             .iter()
-            .map(|(f, active)| {
+            .map(|(f, counters)| {
                 let state = if up {
                     pb::TunnelState::Up
                 } else {
                     pb::TunnelState::Down
                 };
-                tunnel(f, state, active.load(Ordering::Relaxed), String::new())
+                tunnel(
+                    f,
+                    state,
+                    counters.active.load(Ordering::Relaxed),
+                    String::new(),
+                )
             })
             .collect();
         tunnels.extend(
@@ -76,9 +116,19 @@ pub async fn keep_in_touch(config: AgentConfig, status: Arc<TunnelStatus>) {
         jitter_seed(7),
     );
     loop {
-        match session(&config.name, &controller, &status, &mut backoff).await {
-            Ok(()) => tracing::info!(endpoint = controller.endpoint, "controller stream ended"),
+        let outcome = session(&config.name, &controller, &status, &mut backoff).await;
+        status.link.connected.store(false, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => {
+                status
+                    .link
+                    .update(|l| l.last_error = Some("the inventory stream ended".into()));
+                tracing::info!(endpoint = controller.endpoint, "controller stream ended")
+            }
             Err(error) => {
+                status
+                    .link
+                    .update(|l| l.last_error = Some(error.message().to_string()));
                 tracing::warn!(endpoint = controller.endpoint, %error, "controller unreachable")
             }
         }
@@ -102,12 +152,15 @@ async fn session(
         .await?
         .into_inner();
     backoff.reset();
+    status.link.connected.store(true, Ordering::Relaxed);
+    status.link.update(|l| l.last_error = None);
     let mut reporter = client.clone();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     loop {
         tokio::select! {
             message = stream.message() => {
                 let Some(inventory) = message? else { return Ok(()) };
+                status.link.update(|l| l.inventory_revision = Some(inventory.revision));
                 match write_cache(&controller.inventory_cache, &cached(&inventory)) {
                     Ok(()) => tracing::debug!(revision = inventory.revision, "inventory cached"),
                     Err(error) => tracing::warn!(
@@ -118,6 +171,7 @@ async fn session(
             }
             _ = tick.tick() => {
                 reporter.report(status.report(agent)).await?;
+                status.link.update(|l| l.last_report = Some(SystemTime::now()));
             }
         }
     }

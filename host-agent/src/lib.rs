@@ -3,8 +3,11 @@
 
 pub mod config;
 pub mod controller_link;
+pub mod doctor;
 pub mod ownership;
 pub mod rewrite;
 pub mod run;
+pub mod service;
 pub mod ssh;
+pub mod status;
 pub mod tunnel;

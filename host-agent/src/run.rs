@@ -3,19 +3,19 @@
 //! forward connections until SIGINT/SIGTERM. Nothing here waits for the
 //! controller or the kubeconfig rewrites.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-
-use std::sync::atomic::AtomicU32;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{AgentConfig, Forward};
-use crate::controller_link::{self, TunnelStatus};
+use crate::controller_link::{self, LinkState, TunnelStatus};
 use crate::ownership;
 use crate::ssh::channel_sink::{Buffered, Limits};
 use crate::ssh::client_config::SshEnv;
 use crate::ssh::session::{SessionTuning, supported_ciphers};
+use crate::status::live::Live;
 use crate::tunnel::connection::Shared;
-use crate::tunnel::listener::{self, BindError};
+use crate::tunnel::listener::{self, BindError, Counters};
 use crate::tunnel::pool::{Pool, PoolConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,9 @@ pub enum RunError {
     Signal(std::io::Error),
 }
 
-pub async fn run(config: AgentConfig) -> Result<(), RunError> {
+/// `config_path` only names the config in `status`.
+pub async fn run(config: AgentConfig, config_path: PathBuf) -> Result<(), RunError> {
+    let started = SystemTime::now();
     let (forwards, refused) = allowed_forwards(&config)?;
     let bound = listener::bind_all(&forwards).await?;
     for (f, _) in &bound {
@@ -41,24 +43,54 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     });
     let mut served = Vec::new();
     for (forward, listener) in bound {
-        let active = Arc::new(AtomicU32::new(0));
-        served.push((forward.clone(), active.clone()));
-        tokio::spawn(listener::serve(shared.clone(), forward, listener, active));
+        let counters = Arc::new(Counters::default());
+        served.push((forward.clone(), counters.clone()));
+        tokio::spawn(listener::serve(shared.clone(), forward, listener, counters));
     }
     let status = Arc::new(TunnelStatus {
         pool: shared.pool.clone(),
         served,
         refused,
+        link: LinkState::default(),
     });
-    tokio::spawn(controller_link::keep_in_touch(config.clone(), status));
+    tokio::spawn(controller_link::keep_in_touch(
+        config.clone(),
+        status.clone(),
+    ));
+    // Never fatal: `status` is for people; the tunnel works without it.
+    let socket = match crate::status::socket::bind(&config.socket) {
+        Ok(socket) => {
+            let live = Arc::new(Live {
+                config_path,
+                config: config.clone(),
+                started,
+                tunnel: status,
+            });
+            tokio::spawn(crate::status::socket::serve(socket, live));
+            tracing::info!(socket = %config.socket.display(), "status socket listening");
+            Some(config.socket.clone())
+        }
+        Err(error) => {
+            tracing::error!(%error, "no status socket; `portplane-agent status` will not answer");
+            None
+        }
+    };
     // Never fatal and never in the tunnel's way: it logs its own problems.
     tokio::spawn(crate::rewrite::keep_rewritten(config.clone()));
     tracing::info!(
         forwards = forwards.len(),
         "tunnel listening; ssh sessions connecting"
     );
+    // systemd (Type=notify): every listener is bound. A no-op elsewhere.
+    if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%error, "cannot notify systemd");
+    }
     wait_for_shutdown().await.map_err(RunError::Signal)?;
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(socket) = socket {
+        let _ = std::fs::remove_file(socket);
+    }
     Ok(())
 }
 
@@ -105,22 +137,32 @@ fn pool_config(config: &AgentConfig) -> PoolConfig {
         ssh_config: config.ssh.config.clone(),
         host_alias: config.ssh.host.clone(),
         sessions: config.ssh.sessions,
-        tuning: SessionTuning {
-            keepalive_interval: config.ssh.keepalive_interval,
-            keepalive_count_max: config.ssh.keepalive_count_max,
-            handshake_timeout: Duration::from_secs(15),
-            limits: Limits::default(),
-            buffered: Arc::new(Buffered::default()),
-        },
+        tuning: session_tuning(config, Duration::from_secs(15)),
         initial_backoff: config.ssh.initial_backoff,
         max_backoff: config.ssh.max_backoff,
-        env: SshEnv {
-            home: crate::config::home_dir(),
-            local_user: std::env::var("USER")
-                .or_else(|_| std::env::var("LOGNAME"))
-                .unwrap_or_else(|_| "root".into()),
-            default_ciphers: supported_ciphers(),
-        },
+        env: ssh_env(),
+    }
+}
+
+/// The SSH tuning `run` uses (also `doctor`'s SSH check).
+pub fn session_tuning(config: &AgentConfig, handshake_timeout: Duration) -> SessionTuning {
+    SessionTuning {
+        keepalive_interval: config.ssh.keepalive_interval,
+        keepalive_count_max: config.ssh.keepalive_count_max,
+        handshake_timeout,
+        limits: Limits::default(),
+        buffered: Arc::new(Buffered::default()),
+    }
+}
+
+/// What `ssh` would take from the environment.
+pub fn ssh_env() -> SshEnv {
+    SshEnv {
+        home: crate::config::home_dir(),
+        local_user: std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "root".into()),
+        default_ciphers: supported_ciphers(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! ([`cluster`]), a real sshd standing in for the Colima VM ([`sshd`]), and the
 //! paths of the workspace's own binaries.
 
+pub mod agent_cli;
 pub mod blackhole;
 pub mod cluster;
 pub mod controller;

@@ -186,7 +186,7 @@ pub fn rewrite_talosconfig(config: &AgentConfig, env: &Env) -> Result<FileReport
 
 /// A loopback server that refuses connections is dead; one that does not
 /// answer in time is given the benefit of the doubt.
-fn port_is_dead(host: &str, port: u16) -> bool {
+pub fn port_is_dead(host: &str, port: u16) -> bool {
     let Ok(addrs) = (host, port).to_socket_addrs() else {
         return false;
     };

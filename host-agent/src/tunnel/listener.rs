@@ -3,7 +3,7 @@
 //! depend on the SSH session: they stay bound through reconnects.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
 
@@ -47,13 +47,22 @@ pub async fn bind_all(forwards: &[Forward]) -> Result<Vec<(Forward, TcpListener)
     Ok(bound)
 }
 
+/// One forward's connection counts, for reports and `status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections being forwarded now.
+    pub active: AtomicU32,
+    /// Connections accepted since start.
+    pub total: AtomicU64,
+}
+
 /// Accept forever; each connection gets its own task.
-/// `active` counts this forward's live connections, for reports.
+/// `counters` counts this forward's connections, for reports.
 pub async fn serve(
     shared: Arc<Shared>,
     forward: Forward,
     listener: TcpListener,
-    active: Arc<AtomicU32>,
+    counters: Arc<Counters>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_FORWARD));
     loop {
@@ -65,11 +74,12 @@ pub async fn serve(
             Ok((client, _)) => {
                 let (shared, target, name) =
                     (shared.clone(), forward.target.clone(), forward.name.clone());
-                let active = active.clone();
-                active.fetch_add(1, Ordering::Relaxed);
+                let counters = counters.clone();
+                counters.active.fetch_add(1, Ordering::Relaxed);
+                counters.total.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     connection::forward(shared, client, target, name).await;
-                    active.fetch_sub(1, Ordering::Relaxed);
+                    counters.active.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }

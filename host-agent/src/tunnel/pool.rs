@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use russh::client;
 use tokio::sync::watch;
@@ -22,6 +23,8 @@ use crate::ssh::session::{self, SessionTuning, TunnelHandler};
 pub struct PooledSession {
     pub handle: client::Handle<TunnelHandler>,
     pub sinks: Arc<Sinks>,
+    /// When the session came up (for `status`).
+    pub since: SystemTime,
 }
 
 pub type SshHandle = Arc<PooledSession>;
@@ -40,22 +43,81 @@ pub struct PoolConfig {
 pub struct Pool {
     slots: Vec<watch::Receiver<Option<SshHandle>>>,
     next: AtomicUsize,
+    health: Arc<PoolHealth>,
+}
+
+/// What the supervisors last saw, for `status` and `doctor`: the resolved
+/// `user@host:port` and the last connect error (cleared when a session is up).
+#[derive(Debug, Default)]
+pub struct PoolHealth {
+    host: Mutex<String>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl PoolHealth {
+    pub fn host(&self) -> String {
+        self.host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, host: Option<String>, error: Option<String>) {
+        if let Some(host) = host {
+            *self.host.lock().unwrap_or_else(PoisonError::into_inner) = host;
+        }
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error;
+    }
 }
 
 impl Pool {
     /// Start one supervisor task per session slot.
     pub fn start(config: PoolConfig) -> Arc<Pool> {
         let config = Arc::new(config);
+        let health = Arc::new(PoolHealth::default());
         let mut slots = Vec::new();
         for slot in 0..config.sessions.max(1) {
             let (tx, rx) = watch::channel(None);
             slots.push(rx);
-            tokio::spawn(supervise(config.clone(), slot, tx));
+            tokio::spawn(supervise(config.clone(), slot, tx, health.clone()));
         }
         Arc::new(Pool {
             slots,
             next: AtomicUsize::new(0),
+            health,
         })
+    }
+
+    /// Session slots in the pool.
+    pub fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// When the oldest live session came up; `None` when none is up.
+    pub fn up_since(&self) -> Option<SystemTime> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                s.borrow()
+                    .as_ref()
+                    .filter(|h| !h.handle.is_closed())
+                    .map(|h| h.since)
+            })
+            .min()
+    }
+
+    pub fn health(&self) -> &PoolHealth {
+        &self.health
     }
 
     /// Number of sessions currently up.
@@ -96,7 +158,12 @@ impl Pool {
     }
 }
 
-async fn supervise(config: Arc<PoolConfig>, slot: usize, tx: watch::Sender<Option<SshHandle>>) {
+async fn supervise(
+    config: Arc<PoolConfig>,
+    slot: usize,
+    tx: watch::Sender<Option<SshHandle>>,
+    health: Arc<PoolHealth>,
+) {
     let mut backoff = Backoff::new(
         config.initial_backoff,
         config.max_backoff,
@@ -107,14 +174,17 @@ async fn supervise(config: Arc<PoolConfig>, slot: usize, tx: watch::Sender<Optio
             Ok(host) => host,
             Err(error) => {
                 let delay = backoff.next_delay();
+                health.set(None, Some(error.to_string()));
                 tracing::warn!(slot, %error, retry_in = ?delay, "cannot read the ssh config");
                 tokio::time::sleep(delay).await;
                 continue;
             }
         };
+        let where_ = format!("{}@{}:{}", host.user, host.hostname, host.port);
         match session::connect(&host, &config.tuning).await {
             Ok(session) => {
                 backoff.reset();
+                health.set(Some(where_), None);
                 tracing::info!(
                     slot,
                     host = %host.hostname,
@@ -124,14 +194,17 @@ async fn supervise(config: Arc<PoolConfig>, slot: usize, tx: watch::Sender<Optio
                 let _ = tx.send(Some(Arc::new(PooledSession {
                     handle: session.handle,
                     sinks: session.sinks,
+                    since: SystemTime::now(),
                 })));
                 // Resolves when the session task ends and drops its handler.
                 let _ = session.closed.await;
                 let _ = tx.send(None);
+                health.set(None, Some("ssh session lost; reconnecting".into()));
                 tracing::warn!(slot, "ssh session lost; reconnecting");
             }
             Err(error) => {
                 let delay = backoff.next_delay();
+                health.set(Some(where_), Some(error.to_string()));
                 tracing::warn!(slot, %error, retry_in = ?delay, "ssh connect failed");
                 if error.is_unreachable() {
                     wait_until_accepting(&config, delay).await;

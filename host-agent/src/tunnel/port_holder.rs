@@ -4,26 +4,54 @@
 
 use std::path::Path;
 
-/// "pid 1234 (ssh)" for the process listening on `port`, when found.
-pub fn describe_holder(port: u16) -> Option<String> {
-    if Path::new("/proc/net/tcp").exists() {
-        from_proc(port)
-    } else {
-        from_lsof(port)
+/// A process listening on a TCP port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// Real uid, when it could be read.
+    pub uid: Option<u32>,
+    /// Command name (`comm` on Linux, lsof's `c` on macOS): `ssh`, `portplane-agent`.
+    pub command: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} ({})", self.pid, self.command)
     }
 }
 
-fn from_proc(port: u16) -> Option<String> {
+/// "pid 1234 (ssh)" for the process listening on `port`, when found.
+pub fn describe_holder(port: u16) -> Option<String> {
+    holders(port).first().map(Holder::to_string)
+}
+
+/// Every process listening on `port` (any address), each once.
+pub fn holders(port: u16) -> Vec<Holder> {
+    let mut found = if Path::new("/proc/net/tcp").exists() {
+        from_proc(port)
+    } else {
+        from_lsof(port)
+    };
+    found.sort_by_key(|h| h.pid);
+    found.dedup_by_key(|h| h.pid);
+    found
+}
+
+fn from_proc(port: u16) -> Vec<Holder> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(table) {
             inodes.extend(listening_inodes(&text, port));
         }
     }
+    let mut found = Vec::new();
     if inodes.is_empty() {
-        return None;
+        return found;
     }
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -41,11 +69,28 @@ fn from_proc(port: u16) -> Option<String> {
             let link = link.to_string_lossy();
             if inodes.iter().any(|i| link == format!("socket:[{i}]")) {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                return Some(format!("pid {pid} ({})", comm.trim()));
+                found.push(Holder {
+                    pid,
+                    uid: proc_uid(pid),
+                    command: comm.trim().to_string(),
+                });
+                break;
             }
         }
     }
-    None
+    found
+}
+
+/// The real uid from `/proc/<pid>/status` (`Uid:\treal\teffective...`).
+fn proc_uid(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Socket inodes in LISTEN state (`0A`) on `port`, from a /proc/net/tcp table.
@@ -64,18 +109,48 @@ pub fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
         .collect()
 }
 
-fn from_lsof(port: u16) -> Option<String> {
-    let out = std::process::Command::new("lsof")
-        .args(["-nP", &format!("-iTCP:{port}"), "-sTCP:LISTEN", "-Fpc"])
+fn from_lsof(port: u16) -> Vec<Holder> {
+    let Ok(out) = std::process::Command::new("lsof")
+        .args(["-nP", &format!("-iTCP:{port}"), "-sTCP:LISTEN", "-Fpcu"])
         .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pid = text.lines().find_map(|l| l.strip_prefix('p'))?;
-    let comm = text
-        .lines()
-        .find_map(|l| l.strip_prefix('c'))
-        .unwrap_or("?");
-    Some(format!("pid {pid} ({comm})"))
+    else {
+        return Vec::new();
+    };
+    parse_lsof(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// lsof `-F pcu` output: a `p<pid>` line starts each process, then `c<command>`
+/// and `u<uid>`; `f...` lines (one per file) are skipped.
+fn parse_lsof(text: &str) -> Vec<Holder> {
+    let mut found: Vec<Holder> = Vec::new();
+    for line in text.lines() {
+        let mut chars = line.chars();
+        let tag = chars.next();
+        let value = chars.as_str();
+        match tag {
+            Some('p') => {
+                if let Ok(pid) = value.parse() {
+                    found.push(Holder {
+                        pid,
+                        uid: None,
+                        command: "?".into(),
+                    });
+                }
+            }
+            Some('c') => {
+                if let Some(h) = found.last_mut() {
+                    h.command = value.to_string();
+                }
+            }
+            Some('u') => {
+                if let Some(h) = found.last_mut() {
+                    h.uid = value.parse().ok();
+                }
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -96,13 +171,40 @@ mod tests {
     }
 
     #[test]
+    fn parses_lsof_fields() {
+        let found = parse_lsof("p812\ncssh\nu501\nf5\nf6\np900\ncportplane-agent\nu0\nf3\n");
+        assert_eq!(
+            found,
+            vec![
+                Holder {
+                    pid: 812,
+                    uid: Some(501),
+                    command: "ssh".into()
+                },
+                Holder {
+                    pid: 900,
+                    uid: Some(0),
+                    command: "portplane-agent".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn finds_this_process_holding_a_port() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let found = holders(port);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].uid, Some(nix_uid()));
         let holder = describe_holder(port).unwrap();
         assert!(
             holder.starts_with(&format!("pid {} ", std::process::id())),
             "{holder}"
         );
+    }
+
+    fn nix_uid() -> u32 {
+        nix::unistd::getuid().as_raw()
     }
 }
