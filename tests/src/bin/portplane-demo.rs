@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use portplane_e2e::agent_cli;
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::helm::HelmController;
 use portplane_e2e::sshd::Sshd;
@@ -93,15 +94,19 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&kubeconfig, original)?;
     let talosconfig = work.path().join("talos/config");
     std::fs::create_dir_all(talosconfig.parent().context("talosconfig folder")?)?;
+    // The user's talosconfig, with talosctl's credentials: here the control
+    // plane's CA and admin certificate, because there is no Talos API in this
+    // demo and the talos-api forward leads to the kube-apiserver, the one TLS
+    // server that `doctor` can verify them against.
     std::fs::write(
         &talosconfig,
-        "context: joelclaw\ncontexts:\n    joelclaw:\n        endpoints:\n            - 127.0.0.1:64785\n        nodes:\n            - 10.5.0.2\n",
+        agent_cli::talosconfig_from_kubeconfig(plane.kubeconfig(), "joelclaw")?,
     )?;
     let agent_config = work.path().join("agent.toml");
     std::fs::write(
         &agent_config,
         format!(
-            "name = \"demo\"\n\n[ssh]\nconfig = \"{ssh_config}\"\nhost = \"{host}\"\n\n\
+            "name = \"demo\"\nsocket = \"{socket}\"\n\n[ssh]\nconfig = \"{ssh_config}\"\nhost = \"{host}\"\n\n\
              [[forward]]\nname = \"kube-apiserver\"\nlisten = \"127.0.0.1:{kube_port}\"\n\
              target = \"127.0.0.1:{api_port}\"\n\n\
              [[forward]]\nname = \"talos-api\"\nlisten = \"127.0.0.1:{talos_port}\"\n\
@@ -111,8 +116,10 @@ fn main() -> anyhow::Result<()> {
             ssh_config = sshd.ssh_config_path().display(),
             host = sshd.host_alias(),
             api_port = plane.apiserver_port()?,
-            // No Talos API here: the forward is held, nothing answers behind it.
-            talos_target = free_port()?,
+            // No Talos API here: see the talosconfig above.
+            talos_target = plane.apiserver_port()?,
+            // A folder the agent makes itself, 0700, as it does under ~/.local/state.
+            socket = work.path().join("state/agent.sock").display(),
             kubeconfig = kubeconfig.display(),
             talosconfig = talosconfig.display(),
         ),
@@ -167,6 +174,15 @@ fn main() -> anyhow::Result<()> {
         "-o",
         "custom-columns=SERVICE:.involvedObject.name,REASON:.reason,MESSAGE:.message",
     ]))?;
+
+    step("portplane-agent status and doctor: how the host sees its tunnel");
+    let healthy = agent_cli::print_status_and_doctor(&agent_config)
+        .with_context(|| format!("agent log:\n{}", agent.log()))?;
+    anyhow::ensure!(
+        healthy,
+        "portplane-agent doctor found a problem (above); agent log:\n{}",
+        agent.log()
+    );
 
     if hold {
         step(&format!(
