@@ -77,7 +77,8 @@ fn parse(text: &str) -> Value {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 128,
-        failure_persistence: None,
+        // The default persistence: the checked-in
+        // rewrite_property.proptest-regressions is replayed first.
         ..ProptestConfig::default()
     })]
 
