@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod controller_link;
+pub mod mem;
 pub mod ownership;
 pub mod rewrite;
 pub mod run;

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod controller;
 pub mod procfs;
+pub mod soak;
 pub mod sshd;
 
 use std::path::PathBuf;

@@ -110,6 +110,17 @@ impl client::Handler for TunnelHandler {
         Ok(())
     }
 
+    async fn channel_open_confirmation(
+        &mut self,
+        channel: ChannelId,
+        _max_packet_size: u32,
+        _window_size: u32,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.sinks.open(channel);
+        Ok(())
+    }
+
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
