@@ -25,10 +25,20 @@ pub fn release_soon() {
         return;
     };
     runtime.spawn(async {
+        // Cleared however this task ends (also when its runtime drops it).
+        let _clear = Clear;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        SCHEDULED.store(false, Ordering::Release);
+        drop(_clear);
         let _ = tokio::task::spawn_blocking(trim).await;
     });
+}
+
+struct Clear;
+
+impl Drop for Clear {
+    fn drop(&mut self) {
+        SCHEDULED.store(false, Ordering::Release);
+    }
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
