@@ -51,6 +51,12 @@ pub fn wanted_conditions(findings: &[Finding]) -> Vec<WantedCondition> {
     };
     let mut all = vec![ready];
     all.extend(by_type);
+    // Messages of many findings are joined: keep the condition bounded.
+    for c in &mut all {
+        if c.message.len() > crate::bounds::MAX_MESSAGE {
+            c.message = crate::bounds::truncate(&c.message, crate::bounds::MAX_MESSAGE);
+        }
+    }
     all
 }
 
@@ -132,6 +138,28 @@ mod tests {
         assert_eq!(w[0].status, "False");
         assert_eq!(w[0].reason, "HostnameConflict");
         assert_eq!(w[1].type_, "HostnameConflict");
+    }
+
+    #[test]
+    fn many_findings_of_one_kind_make_a_bounded_message() {
+        let findings: Vec<Finding> = (0..500)
+            .map(|i| {
+                Finding::new(
+                    FindingKind::HostnameConflict,
+                    format!("hostname {i} is taken"),
+                )
+            })
+            .collect();
+        let w = wanted_conditions(&findings);
+        assert!(
+            w.iter()
+                .all(|c| c.message.len() <= crate::bounds::MAX_MESSAGE)
+        );
+        assert!(
+            w[1].message.contains(crate::bounds::TRUNCATED),
+            "{}",
+            w[1].message
+        );
     }
 
     #[test]

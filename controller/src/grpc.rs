@@ -16,9 +16,9 @@ use tokio::sync::{Notify, RwLock, watch};
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
-use crate::Error;
 use crate::crd::Plane;
 use crate::inventory::{AgentReports, Desired, HostPortReport, TunnelReport};
+use crate::{Error, bounds};
 
 /// Reports older than this are forgotten (the agent is gone).
 const REPORT_TTL: Duration = Duration::from_secs(600);
@@ -30,10 +30,24 @@ pub struct AgentRegistry {
 }
 
 impl AgentRegistry {
-    pub fn record(&mut self, report: pb::AgentReport) {
+    /// Keep `report` (capped: `bounds::cap_report`) as its agent's latest.
+    /// A new agent is refused once [`bounds::MAX_AGENTS`] agents have
+    /// reported within the TTL.
+    pub fn record(&mut self, mut report: pb::AgentReport) -> Result<(), Status> {
+        bounds::cap_report(&mut report);
         self.latest.retain(|_, (_, at)| at.elapsed() < REPORT_TTL);
+        if self.latest.len() >= bounds::MAX_AGENTS && !self.latest.contains_key(&report.agent) {
+            return Err(Status::resource_exhausted(format!(
+                "the controller already holds reports of {} agents (its limit) from the last {} s; \
+                 agent {:?} is not recorded",
+                bounds::MAX_AGENTS,
+                REPORT_TTL.as_secs(),
+                report.agent
+            )));
+        }
         self.latest
             .insert(report.agent.clone(), (report, Instant::now()));
+        Ok(())
     }
 
     /// Flattened for the pure inventory.
@@ -171,7 +185,7 @@ impl PortInventory for Service {
             ));
         }
         tracing::debug!(agent = %report.agent, "agent report");
-        self.agents.write().await.record(report);
+        self.agents.write().await.record(report)?;
         self.trigger.notify_one();
         Ok(Response::new(pb::ReportAck {
             inventory_revision: self.inventory.borrow().revision,
@@ -208,6 +222,8 @@ pub async fn serve(
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Ok(tonic::transport::Server::builder()
-        .add_service(PortInventoryServer::new(service))
+        .add_service(
+            PortInventoryServer::new(service).max_decoding_message_size(bounds::MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown))
 }

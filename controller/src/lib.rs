@@ -6,6 +6,7 @@
 //! desired vs existing -> writes), [`runtime`] (watches, indexes, the write
 //! loop), [`lease`] (leader election), [`http`] + [`metrics`], [`grpc`].
 
+pub mod bounds;
 pub mod conditions;
 pub mod config;
 pub mod crd;

@@ -18,6 +18,41 @@ use crate::tunnel::listener::Counters;
 use crate::tunnel::pool::Pool;
 
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a unary call (or the start of the inventory stream) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `call`, or DeadlineExceeded after [`REQUEST_TIMEOUT`] (not set on the
+/// channel: it would also cut the long-lived inventory stream).
+async fn within<T>(
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(REQUEST_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {REQUEST_TIMEOUT:?}"
+            )))
+        })
+}
+
+/// An error and its causes, "a: b: c" (a tonic transport error alone says
+/// only "transport error"; the cause says "Connection refused" or which
+/// certificate failed).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        source = cause.source();
+    }
+    text
+}
 
 /// What the agent reports about its forwards.
 pub struct TunnelStatus {
@@ -142,15 +177,23 @@ async fn session(
     status: &TunnelStatus,
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
-    let mut client = PortInventoryClient::connect(controller.endpoint.clone())
+    let channel = tonic::transport::Endpoint::from_shared(controller.endpoint.clone())
+        .map_err(|e| tonic::Status::invalid_argument(with_causes(&e)))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A controller that vanished without a FIN (its node or the network
+        // went away) is noticed within interval + timeout, not never.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut stream = client
-        .watch_inventory(pb::WatchInventoryRequest {
-            agent: agent.into(),
-        })
-        .await?
-        .into_inner();
+        .map_err(|e| tonic::Status::unavailable(with_causes(&e)))?;
+    let mut client = PortInventoryClient::new(channel);
+    let mut stream = within(client.watch_inventory(pb::WatchInventoryRequest {
+        agent: agent.into(),
+    }))
+    .await?
+    .into_inner();
     backoff.reset();
     status.link.connected.store(true, Ordering::Relaxed);
     status.link.update(|l| l.last_error = None);
@@ -161,16 +204,16 @@ async fn session(
             message = stream.message() => {
                 let Some(inventory) = message? else { return Ok(()) };
                 status.link.update(|l| l.inventory_revision = Some(inventory.revision));
-                match write_cache(&controller.inventory_cache, &cached(&inventory)) {
-                    Ok(()) => tracing::debug!(revision = inventory.revision, "inventory cached"),
-                    Err(error) => tracing::warn!(
-                        path = %controller.inventory_cache.display(), %error,
-                        "cannot cache the inventory"
-                    ),
+                // File I/O and fsync: off the async workers.
+                let (path, cache) = (controller.inventory_cache.clone(), cached(&inventory));
+                match tokio::task::spawn_blocking(move || write_cache(&path, &cache)).await {
+                    Ok(Ok(())) => tracing::debug!(revision = inventory.revision, "inventory cached"),
+                    Ok(Err(error)) => tracing::warn!(%error, "cannot cache the inventory"),
+                    Err(error) => tracing::warn!(%error, "cannot cache the inventory"),
                 }
             }
             _ = tick.tick() => {
-                reporter.report(status.report(agent)).await?;
+                within(reporter.report(status.report(agent))).await?;
                 status.link.update(|l| l.last_report = Some(SystemTime::now()));
             }
         }
@@ -197,13 +240,35 @@ fn cached(inventory: &pb::Inventory) -> CachedInventory {
     }
 }
 
-/// Temp file in the same directory, then rename: readers never see half.
-fn write_cache(path: &Path, inventory: &CachedInventory) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// With the rewrites' atomic writer: readers never see half a file, and the
+/// cache the ownership rule is enforced from is private (0600, 0700 folder).
+fn write_cache(
+    path: &Path,
+    inventory: &CachedInventory,
+) -> Result<(), crate::rewrite::error::RewriteError> {
+    let text = serde_json::to_vec_pretty(inventory)
+        .map_err(|e| crate::rewrite::error::RewriteError::io(path, "encode", e.into()))?;
+    crate::rewrite::atomic::write_private(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    /// tonic's own text for a refused connection is only "transport error".
+    #[tokio::test]
+    async fn a_transport_error_is_logged_with_its_cause() {
+        // Bound, then closed: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let error = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(error.to_string(), "transport error");
+        let text = super::with_causes(&error);
+        assert!(text.to_lowercase().contains("refused"), "{text}");
     }
-    let text = serde_json::to_vec_pretty(inventory).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }

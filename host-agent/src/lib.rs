@@ -4,6 +4,7 @@
 pub mod config;
 pub mod controller_link;
 pub mod doctor;
+pub mod mem;
 pub mod ownership;
 pub mod rewrite;
 pub mod run;

@@ -226,3 +226,65 @@ fn a_json_kubeconfig_stays_json() {
     );
     assert_eq!(out.text, before.replace("63324", "16443"));
 }
+
+/// A cluster with a valid CA and a stray `insecure-skip-tls-verify: true`
+/// (the agent not asked for it): kubectl refuses that pair. Before: both
+/// were left, with a warning that the CA should be restored although it was
+/// there. Now the flag goes, the CA stays, and the warning says so.
+#[test]
+fn kubeconfig_with_a_ca_and_a_stray_insecure_flag_is_made_acceptable() {
+    let before = fixture("kubeconfig.two-generations.yaml").replace(
+        "    server: https://127.0.0.1:64213\n",
+        "    server: https://127.0.0.1:64213\n    insecure-skip-tls-verify: true\n",
+    );
+    assert!(
+        before.contains("insecure-skip-tls-verify"),
+        "fixture changed"
+    );
+    let out = kubeconfig::rewrite(&before, &kube_target(), &mut dead_63324).unwrap();
+    assert!(
+        !out.text.contains("insecure-skip-tls-verify"),
+        "{}",
+        out.text
+    );
+    assert_eq!(
+        out.text.matches("certificate-authority-data").count(),
+        before.matches("certificate-authority-data").count()
+    );
+    let warning = out
+        .report
+        .warnings
+        .iter()
+        .find(|w| w.contains("insecure-skip-tls-verify"))
+        .unwrap();
+    assert!(
+        warning.contains("removed insecure-skip-tls-verify and kept the CA"),
+        "{warning}"
+    );
+    assert!(!warning.contains("restore"), "{warning}");
+}
+
+/// kubectl accepts a kubeconfig written as JSON. A listen address other
+/// than 127.0.0.1 adds `tls-server-name`; before, that failed with
+/// "expected a block mapping" and the cluster stayed on its dead port.
+#[test]
+fn a_json_kubeconfig_gets_every_edit_and_stays_json() {
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&fixture("kubeconfig.two-generations.yaml")).unwrap();
+    let before = serde_json::to_string_pretty(&yaml).unwrap();
+    let target = KubeTarget {
+        server: "https://127.0.0.2:16443".into(),
+        tls_server_name: Some("127.0.0.1".into()),
+        ..kube_target()
+    };
+    let out = kubeconfig::rewrite(&before, &target, &mut dead_63324).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out.text).expect(&out.text);
+    let cluster = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "joelclaw-1")
+        .unwrap();
+    assert_eq!(cluster["cluster"]["server"], "https://127.0.0.2:16443");
+    assert_eq!(cluster["cluster"]["tls-server-name"], "127.0.0.1");
+}

@@ -82,3 +82,75 @@ async fn rewrites_on_appearance_and_on_talosctl_writes_without_looping() {
     assert!(!task.is_finished());
     task.abort();
 }
+
+/// The README says: remove a stale `<file>.lock` and the agent goes on. It
+/// did not: the failed rewrite was recorded as handled and nothing happened
+/// until the file changed again. Now it is retried with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_that_failed_on_a_stale_lock_is_retried_once_the_lock_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = dir.path().join("kubeconfig");
+    let lock = dir.path().join("kubeconfig.lock");
+    fs::write(&kube, fixture("kubeconfig.two-generations.yaml")).unwrap();
+    fs::write(&lock, "").unwrap();
+    let config = AgentConfig::parse(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[kubeconfig]\npath = \"{}\"\n[talosconfig]\npath = \"{}\"\n",
+            kube.display(),
+            dir.path().join("talosconfig").display()
+        ),
+    )
+    .unwrap();
+    let logs = Logs::default();
+    tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .try_init()
+        .unwrap();
+    let task = tokio::spawn(keep_rewritten_with(config, Env::default()));
+    // The first attempt waits LOCK_TIMEOUT (5 s) for the lock, then fails.
+    wait_for("the lock failure", Duration::from_secs(30), || {
+        logs.text().contains("still held after")
+    })
+    .await;
+    assert_eq!(
+        fs::read_to_string(&kube).unwrap(),
+        fixture("kubeconfig.two-generations.yaml"),
+        "written despite the lock"
+    );
+    fs::remove_file(&lock).unwrap();
+    let rewritten = fixture("kubeconfig.two-generations.rewritten.yaml");
+    wait_for("the retried rewrite", Duration::from_secs(20), || {
+        fs::read_to_string(&kube).unwrap() == rewritten
+    })
+    .await;
+    task.abort();
+}
+
+/// The agent's log lines, kept for the test to read.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod controller;
 pub mod helm;
 pub mod procfs;
+pub mod soak;
 pub mod sshd;
 
 use std::path::PathBuf;

@@ -13,6 +13,27 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// TCP sockets in this network namespace still connected to
+/// 127.0.0.1:`port` (ESTABLISHED, or CLOSE_WAIT: the peer closed but this
+/// side has not), read from `/proc/net/tcp`. For a target only sshd dials,
+/// this is the number of forwarded channels sshd still holds open to it.
+pub fn tcp_connections_to(port: u16) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return 0;
+    };
+    // "0100007F:1F90": the address in network order printed as a host-order
+    // u32 (little-endian here), the port in plain hex.
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && matches!(fields.get(3), Some(&"01" | &"08"))
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -21,5 +42,18 @@ mod tests {
         assert!(super::status_kib(me, "VmRSS") > 0);
         assert!(super::status_kib(me, "VmHWM") >= super::status_kib(me, "VmRSS"));
         assert_eq!(super::status_kib(me, "VmNope"), 0);
+    }
+
+    #[test]
+    fn counts_open_connections_to_a_port_and_not_closed_ones() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(super::tcp_connections_to(port), 0);
+        let a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(super::tcp_connections_to(port), 2);
+        drop(a);
+        assert_eq!(super::tcp_connections_to(port), 1);
+        drop(b);
     }
 }

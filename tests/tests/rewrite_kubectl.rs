@@ -372,3 +372,90 @@ fn on_a_loopback_address_the_certificate_does_not_name_tls_is_verified_by_name()
     .unwrap_err();
     assert!(err.contains("x509") || err.contains("certificate"), "{err}");
 }
+
+/// Inputs users really have: a kubeconfig that kubectl wrote as JSON, whose
+/// cluster carries its CA and a stray `insecure-skip-tls-verify: true`, and a
+/// listen address (127.0.0.2) the certificate does not name, so the rewrite
+/// must add `tls-server-name` and drop the flag. Before: "expected a block
+/// mapping" and the cluster stayed on its dead port; and had it been
+/// rewritten, kubectl refuses a CA together with the insecure flag.
+#[test]
+fn a_json_kubeconfig_with_a_stray_insecure_flag_is_rewritten_into_one_kubectl_accepts() {
+    let cp = ControlPlane::shared();
+    let apiserver = cp.apiserver_port().unwrap();
+    let sshd = Sshd::start().unwrap();
+    let (home, kubeconfig) = user_home(cp);
+    kubectl(
+        cp,
+        &kubeconfig,
+        &[
+            "config",
+            "set",
+            "clusters.joelclaw-1.insecure-skip-tls-verify",
+            "true",
+        ],
+    )
+    .unwrap();
+    let json = kubectl(cp, &kubeconfig, &["config", "view", "--raw", "-o", "json"]).unwrap();
+    assert!(
+        json.contains("\"insecure-skip-tls-verify\": true"),
+        "{json}"
+    );
+    fs::write(&kubeconfig, &json).unwrap();
+
+    let kube_listen = free_port().unwrap();
+    let config = agent_config(
+        &sshd,
+        kube_listen,
+        free_port().unwrap(),
+        apiserver,
+        home.path(),
+    )
+    .replace(
+        &format!("listen = \"127.0.0.1:{kube_listen}\""),
+        &format!("listen = \"127.0.0.2:{kube_listen}\""),
+    );
+    let agent = Agent::start(home.path(), &config);
+    let server = format!("https://127.0.0.2:{kube_listen}");
+    wait_until(
+        "the kubeconfig rewrite",
+        Duration::from_secs(20),
+        &agent,
+        || server_of(cp, &kubeconfig, "joelclaw-1") == server,
+    );
+    let text = fs::read_to_string(&kubeconfig).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("no longer JSON ({e}):\n{text}"));
+    let cluster = parsed["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "joelclaw-1")
+        .unwrap();
+    assert_eq!(cluster["cluster"]["tls-server-name"], "127.0.0.1", "{text}");
+    assert!(
+        cluster["cluster"]["insecure-skip-tls-verify"].is_null(),
+        "{text}"
+    );
+    assert!(cluster["cluster"]["certificate-authority-data"].is_string());
+    wait_until(
+        "kubectl through the tunnel",
+        Duration::from_secs(30),
+        &agent,
+        || {
+            kubectl(
+                cp,
+                &kubeconfig,
+                &["--request-timeout=5s", "get", "namespaces", "-o", "name"],
+            )
+            .is_ok_and(|out| out.contains("namespace/default"))
+        },
+    );
+    assert!(
+        agent
+            .log()
+            .contains("removed insecure-skip-tls-verify and kept the CA"),
+        "{}",
+        agent.log()
+    );
+}

@@ -62,6 +62,11 @@ fn inventory_is_cached_tunnel_reported_and_runtime_ports_refused_without_the_con
             )
         },
     );
+    // What the ownership rule is enforced from is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o600, "{}", cache.display());
+    assert_eq!(mode(cache.parent().unwrap()), 0o700);
     let o = scope.wait_oport("tunctl-kube-apiserver", "the agent's report", |o| {
         o["status"]["agents"][0]["tunnel"] == "Up"
     });

@@ -61,8 +61,15 @@ pub fn service_ports(
                 .collect()
         })
         .unwrap_or_default();
-    let (fqdn, fqdn_source, tailnet_ips) =
-        reachable_name(service, namespace, name, &hostname, proxies, config);
+    let (fqdn, fqdn_source, tailnet_ips) = reachable_name(
+        service,
+        namespace,
+        name,
+        &hostname,
+        by_load_balancer,
+        proxies,
+        config,
+    );
 
     let mut service_findings = Vec::new();
     if let Some(value) = near_miss {
@@ -165,13 +172,18 @@ pub fn service_ports(
     out
 }
 
-/// FQDN and tailnet IPs: proxy state Secret, else LoadBalancer status, else
-/// predicted from the configured tailnet domain.
+/// FQDN and tailnet IPs: proxy state Secret, else the LoadBalancer status of
+/// a `loadBalancerClass: tailscale` Service, else predicted from the
+/// configured tailnet domain. Another load balancer's ingress (MetalLB,
+/// Cilium: a LAN address) says nothing about the tailnet: only the
+/// Tailscale operator fills in the status of its own class.
+#[allow(clippy::too_many_arguments)] // each is one fact about the Service
 fn reachable_name(
     service: &Service,
     namespace: &str,
     name: &str,
     hostname: &str,
+    tailscale_load_balancer: bool,
     proxies: &ProxyIndex,
     config: &Config,
 ) -> (Option<String>, Option<FqdnSource>, Vec<String>) {
@@ -187,6 +199,7 @@ fn reachable_name(
     let ingress = service
         .status
         .as_ref()
+        .filter(|_| tailscale_load_balancer)
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref());
     if let Some(ingress) = ingress {

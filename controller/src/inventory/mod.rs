@@ -100,6 +100,7 @@ pub fn desired_inventory<'a>(
         desired.insert(port.name.clone(), want);
     }
     validate::cross_check(&mut desired, &agents.host_ports, config);
+    crate::bounds::cap_desired(&mut desired);
     desired
 }
 

@@ -299,6 +299,49 @@ fn tailscale_load_balancer_uses_ingress_status() {
     assert_eq!(spec.owner, "tailscale");
 }
 
+/// A public report, names neutral: a LoadBalancer exposed by annotation but
+/// served by a LAN load balancer (no `loadBalancerClass: tailscale`). Its
+/// ingress is a LAN address, not tailnet evidence: the endpoint is the
+/// predicted tailnet name. Before: `edge-gw:443`, `tailnetIps:
+/// [192.168.10.228]`, `fqdnSource: LoadBalancerStatus`.
+#[test]
+fn a_lan_load_balancers_ingress_is_not_tailnet_evidence() {
+    let mut s = annotate(
+        exposed(service(
+            "edge",
+            "gateway",
+            "LoadBalancer",
+            &[(443, 8443, Some(30443))],
+        )),
+        "tailscale.com/hostname",
+        "edge-gw",
+    );
+    s.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some("192.168.10.228".into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+    let config = Config {
+        tailnet_domain: Some("tailnet-0000.ts.net".into()),
+        ..no_operator_ports()
+    };
+    let d = run(&[s], &config);
+    let spec = &d["edge.gateway.443"].spec;
+    let e = &spec.exposures[0];
+    assert_eq!(e.kind, ExposureKind::TailscaleService);
+    assert_eq!(e.fqdn.as_deref(), Some("edge-gw.tailnet-0000.ts.net"));
+    assert_eq!(e.fqdn_source, Some(FqdnSource::Predicted));
+    assert!(e.tailnet_ips.is_empty(), "{:?}", e.tailnet_ips);
+    assert_eq!(
+        spec.endpoint.as_deref(),
+        Some("edge-gw.tailnet-0000.ts.net:443")
+    );
+}
+
 #[test]
 fn other_load_balancer_classes_and_plain_cluster_ips_are_not_inventoried() {
     let mut lb = service("a", "lb", "LoadBalancer", &[(80, 80, Some(30080))]);

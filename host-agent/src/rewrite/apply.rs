@@ -94,27 +94,30 @@ pub fn kubeconfig_path(config: &AgentConfig, env: &Env) -> Result<PathBuf, Rewri
     let files: Vec<PathBuf> = std::env::split_paths(list)
         .filter(|p| !p.as_os_str().is_empty())
         .collect();
-    let mut first_existing = None;
+    let mut read = Vec::new();
     for file in &files {
         let text = match atomic::read(file) {
             Ok(text) => text,
             Err(RewriteError::Missing { .. }) => continue,
             Err(e) => return Err(e),
         };
-        first_existing.get_or_insert_with(|| file.clone());
+        read.push(file.display().to_string());
         if kubeconfig::holds_cluster(&text, &config.kubeconfig.cluster)
             .map_err(|e| RewriteError::invalid(file, e))?
         {
             return Ok(file.clone());
         }
     }
-    Err(RewriteError::Missing {
-        path: first_existing.unwrap_or_else(|| PathBuf::from(list)),
-        hint: format!(
-            "no file of KUBECONFIG={} holds cluster \"{}\"",
-            list.to_string_lossy(),
-            config.kubeconfig.cluster
-        ),
+    if read.is_empty() {
+        return Err(RewriteError::Missing {
+            path: PathBuf::from(list),
+            hint: "no file of KUBECONFIG exists".into(),
+        });
+    }
+    Err(RewriteError::NotInList {
+        list: list.to_string_lossy().into_owned(),
+        cluster: config.kubeconfig.cluster.clone(),
+        read: read.join(", "),
     })
 }
 
@@ -198,4 +201,34 @@ pub fn port_is_dead(host: &str, port: u16) -> bool {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before: "<existing file>: does not exist; no file of KUBECONFIG=...
+    /// holds cluster" about a file that exists.
+    #[test]
+    fn a_kubeconfig_list_without_the_cluster_names_the_files_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, "apiVersion: v1\nclusters: []\ncontexts: []\n").unwrap();
+        let missing = dir.path().join("missing");
+        let list = std::env::join_paths([&missing, &other]).unwrap();
+        let config = AgentConfig::parse(&dir.path().join("agent.toml"), "").unwrap();
+        let env = Env {
+            kubeconfig: Some(list),
+            talosconfig: None,
+        };
+        let error = kubeconfig_path(&config, &env).unwrap_err().to_string();
+        assert!(!error.contains("does not exist"), "{error}");
+        assert!(
+            error.contains(&format!(
+                "no file holds cluster \"joelclaw\" (read: {})",
+                other.display()
+            )),
+            "{error}"
+        );
+    }
 }

@@ -223,6 +223,47 @@ fn keep_owner(file: &File, target: &Path, like: &fs::Metadata) -> Result<(), Rew
     })
 }
 
+/// Write a file of the agent's own (the inventory cache) the same way:
+/// a temp file with a unique name beside it, mode 0600, fsynced, renamed over
+/// `path`, the directory fsynced. The folder is created (0700) if missing.
+/// No lock and no backup: nothing else writes this file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RewriteError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| RewriteError::io(dir, "create the folder", e))?;
+    }
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = path.with_file_name(format!(
+        "{}{}-{n}.tmp",
+        temp_prefix(path),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| RewriteError::io(&temp, "create", e))?;
+        file.write_all(bytes)
+            .map_err(|e| RewriteError::io(&temp, "write", e))?;
+        file.sync_all()
+            .map_err(|e| RewriteError::io(&temp, "fsync", e))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    rename_and_sync(&temp, path)
+}
+
 /// Atomically replace `path` with `bytes` (used for the backup).
 fn replace(path: &Path, bytes: &[u8], like: &fs::Metadata, mode: u32) -> Result<(), RewriteError> {
     let temp = write_temp(path, bytes, like, mode)?;
@@ -320,6 +361,23 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(fs::read_to_string(&real).unwrap(), "ABC");
+    }
+
+    #[test]
+    fn a_private_file_is_0600_in_a_0700_folder_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portplane/inventory.json");
+        write_private(&path, b"{}").unwrap();
+        write_private(&path, b"{\"revision\":2}").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"revision\":2}");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["inventory.json"]);
     }
 
     #[test]

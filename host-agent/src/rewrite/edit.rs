@@ -147,13 +147,15 @@ impl<'t> Editor<'t> {
         place: Place<'_>,
     ) -> Result<(), YamlError> {
         let node = resolve(&self.original, map)?.clone();
-        let Kind::Map {
-            entries,
-            flow: false,
-        } = &node.kind
-        else {
-            return Err(at(&node, "expected a block mapping (`key: value` lines)"));
+        let Kind::Map { entries, flow } = &node.kind else {
+            return Err(at(
+                &node,
+                "expected a mapping (`key: value` lines or `{...}`)",
+            ));
         };
+        if *flow {
+            return self.insert_flow_entry(map, &node, key, value, place);
+        }
         let (first_key, _) = entries.first().ok_or_else(|| at(&node, "empty mapping"))?;
         let (value_text, value_node) = match value {
             NewValue::String(v) => {
@@ -230,7 +232,84 @@ impl<'t> Editor<'t> {
         Ok(())
     }
 
-    /// Remove `key` and its value from the block mapping at `map`.
+    /// Add `"key": value` to the flow mapping (a JSON object) at `map`,
+    /// written as JSON (double-quoted strings), so a JSON kubeconfig stays
+    /// JSON: before the first entry (on its own line when that entry is),
+    /// after the entry `place` names, or into an empty `{}`.
+    fn insert_flow_entry(
+        &mut self,
+        map: &[Step],
+        node: &Node,
+        key: &str,
+        value: NewValue,
+        place: Place<'_>,
+    ) -> Result<(), YamlError> {
+        let json = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| format!("{v:?}"));
+        let (value_text, value_node) = match value {
+            NewValue::String(v) => (json(&v), scalar(&v, false)),
+            NewValue::Literal(v) => (v.clone(), scalar(&v, true)),
+            NewValue::List(values) => {
+                let parts: Vec<String> = values.iter().map(|v| json(v)).collect();
+                let items = values.iter().map(|v| scalar(v, false)).collect();
+                let node = Node {
+                    kind: Kind::Seq { items, flow: true },
+                    ..scalar("", true)
+                };
+                (format!("[{}]", parts.join(", ")), node)
+            }
+        };
+        let entry = format!("{}: {value_text}", json(key));
+        let entries = node.entries().unwrap_or_default();
+        let after = match place {
+            Place::After(k) => node.entry_index(k),
+            Place::First => None,
+        };
+        let (pos, text) = match (entries.first(), after) {
+            (None, _) => (node.span.start + 1, entry),
+            (Some(_), Some(i)) => {
+                let (k, v) = &entries[i];
+                let gap = self.flow_gap(k.span.start);
+                (v.content_end(), format!(",{gap}{entry}"))
+            }
+            (Some((first, _)), None) => {
+                let gap = self.flow_gap(first.span.start);
+                (first.span.start, format!("{entry},{gap}"))
+            }
+        };
+        if !self.text.is_char_boundary(pos) || pos > self.text.len() {
+            return Err(at(
+                node,
+                "cannot find where to add an entry to this `{...}`",
+            ));
+        }
+        self.splices.push((pos..pos, text));
+        let expected = resolve_mut(&mut self.expected, map)?;
+        let len = expected.entries().map_or(0, <[_]>::len);
+        let index = match (&place, after) {
+            (Place::After(k), Some(_)) => expected.entry_index(k).map_or(len, |i| i + 1),
+            (Place::After(_), None) => len,
+            (Place::First, _) => 0,
+        };
+        if let Kind::Map { entries, .. } = &mut expected.kind {
+            entries.insert(index, (scalar(key, false), value_node));
+        }
+        Ok(())
+    }
+
+    /// What separates entries of a flow mapping at a key starting at
+    /// `key_start`: a newline and the key's indentation when the key is on
+    /// its own line (pretty-printed JSON), else a space.
+    fn flow_gap(&self, key_start: usize) -> String {
+        let start = line_start(self.text, key_start);
+        let before = &self.text[start..key_start];
+        if before.trim().is_empty() {
+            format!("\n{before}")
+        } else {
+            " ".into()
+        }
+    }
+
+    /// Remove `key` and its value from the mapping at `map`.
     pub fn remove_entry(&mut self, map: &[Step], key: &str) -> Result<(), YamlError> {
         let node = resolve(&self.original, map)?.clone();
         let Some(i) = node.entry_index(key) else {
@@ -239,7 +318,21 @@ impl<'t> Editor<'t> {
         let entries = node.entries().unwrap_or_default();
         let (k, v) = &entries[i];
         if matches!(node.kind, Kind::Map { flow: true, .. }) {
-            return Err(at(k, "cannot remove a key from a flow mapping `{...}`"));
+            // JSON: the entry and one separating comma go.
+            let range = if let Some((next, _)) = entries.get(i + 1) {
+                k.span.start..next.span.start
+            } else if i > 0 {
+                entries[i - 1].1.content_end()..v.content_end()
+            } else {
+                k.span.start..v.content_end()
+            };
+            self.splices.push((range, String::new()));
+            if let Kind::Map { entries, .. } = &mut resolve_mut(&mut self.expected, map)?.kind
+                && let Some(j) = entries.iter().position(|(k, _)| k.as_str() == Some(key))
+            {
+                entries.remove(j);
+            }
+            return Ok(());
         }
         let start = line_start(self.text, k.span.start);
         let range = if self.text[start..k.span.start].trim().is_empty() {

@@ -87,3 +87,55 @@ fn a_splice_that_changes_structure_is_refused() {
     e.splices.push((7..10, "x: y".into()));
     assert!(e.finish().is_err());
 }
+
+/// kubectl accepts a kubeconfig written as JSON; entries can be added and
+/// removed and the result is still JSON (before: "expected a block mapping").
+#[test]
+fn json_objects_get_entries_added_and_removed_and_stay_json() {
+    let text = "{\n    \"clusters\": [\n        {\n            \"name\": \"c\",\n            \"cluster\": {\n                \"server\": \"https://127.0.0.1:1\",\n                \"insecure-skip-tls-verify\": true,\n                \"certificate-authority-data\": \"QQ==\"\n            }\n        }\n    ]\n}\n";
+    let cluster = [key("clusters"), Step::Index(0), key("cluster")];
+    let out = edit(text, |e| {
+        e.insert_entry(
+            &cluster,
+            "tls-server-name",
+            NewValue::String("localhost".into()),
+            Place::After("server"),
+        )?;
+        e.remove_entry(&cluster, "insecure-skip-tls-verify")
+    })
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(
+        json["clusters"][0]["cluster"],
+        serde_json::json!({
+            "server": "https://127.0.0.1:1",
+            "tls-server-name": "localhost",
+            "certificate-authority-data": "QQ=="
+        }),
+        "{out}"
+    );
+    // The last entry, the first entry, and an empty object.
+    let out = edit(text, |e| {
+        e.remove_entry(&cluster, "certificate-authority-data")?;
+        e.insert_entry(
+            &cluster,
+            "a",
+            NewValue::Literal("true".into()),
+            Place::First,
+        )
+    })
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(json["clusters"][0]["cluster"]["a"], true, "{out}");
+    assert!(json["clusters"][0]["cluster"]["certificate-authority-data"].is_null());
+    let out = edit("{\"m\": {}}", |e| {
+        e.insert_entry(
+            &[key("m")],
+            "k",
+            NewValue::List(vec!["x".into()]),
+            Place::First,
+        )
+    })
+    .unwrap();
+    assert_eq!(out, "{\"m\": {\"k\": [\"x\"]}}");
+}

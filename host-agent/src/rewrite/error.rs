@@ -7,6 +7,17 @@ use super::yaml::YamlError;
 pub enum RewriteError {
     #[error("{path}: does not exist; {hint}")]
     Missing { path: PathBuf, hint: String },
+    /// `KUBECONFIG` lists files, and none of those that exist holds the
+    /// cluster (they do exist: `Missing` would contradict them).
+    #[error(
+        "KUBECONFIG={list}: no file holds cluster \"{cluster}\" (read: {read}); create it with \
+         `talosctl cluster create --name {cluster}` or set [kubeconfig] cluster"
+    )]
+    NotInList {
+        list: String,
+        cluster: String,
+        read: String,
+    },
     #[error("{path}: cannot {action}: {source}")]
     Io {
         path: PathBuf,

@@ -124,10 +124,22 @@ pub fn rewrite(
         .get("insecure-skip-tls-verify")
         .and_then(Node::as_str)
         == Some("true");
-    if !target.insecure_skip_tls_verify && insecure_now {
+    if !target.insecure_skip_tls_verify && insecure_now && has_ca {
+        // kubectl refuses the pair ("specifying a root certificates file
+        // with the insecure flag is not allowed"): the CA is there, so the
+        // stray flag goes and TLS is verified.
+        editor.remove_entry(&cluster_path, "insecure-skip-tls-verify")?;
         report.warnings.push(format!(
-            "cluster \"{}\" has insecure-skip-tls-verify: true although [kubeconfig] does not ask for it; \
-             TLS is not verified (restore its certificate-authority-data from `talosctl kubeconfig`)",
+            "cluster \"{}\" had both a certificate-authority and insecure-skip-tls-verify: true, \
+             which kubectl refuses; removed insecure-skip-tls-verify and kept the CA, so TLS is \
+             verified (set insecure_skip_tls_verify in [kubeconfig] to skip verification instead)",
+            chosen.name
+        ));
+    } else if !target.insecure_skip_tls_verify && insecure_now {
+        report.warnings.push(format!(
+            "cluster \"{}\" has insecure-skip-tls-verify: true and no certificate-authority, \
+             although [kubeconfig] does not ask for it; TLS is not verified (restore its \
+             certificate-authority-data from `talosctl kubeconfig`)",
             chosen.name
         ));
     } else if !target.insecure_skip_tls_verify && !has_ca {

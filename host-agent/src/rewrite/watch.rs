@@ -3,7 +3,11 @@
 //! same on macOS and Linux. Our own write is seen as a change once and then
 //! found to need nothing, so there is no rewrite loop; a writer such as
 //! `talosctl cluster create` gets one rewrite after it settles. Never fatal:
-//! problems are logged and the files left as they are.
+//! problems are logged and the files left as they are. A rewrite that failed
+//! for a reason that can pass without the file changing (a stale
+//! `<file>.lock`, another writer, an I/O error) is retried with backoff
+//! ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]) until it succeeds or the file
+//! changes; a malformed file waits for its next change.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -17,6 +21,15 @@ const POLL: Duration = Duration::from_secs(1);
 /// A file must look the same this long before it is rewritten, so a
 /// writer's several steps are not interleaved with ours.
 const SETTLE: Duration = Duration::from_millis(300);
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A failed rewrite to try again: when, and the wait that led there.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: tokio::time::Instant,
+    backoff: Duration,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -32,11 +45,14 @@ pub async fn keep_rewritten(config: AgentConfig) {
 
 pub async fn keep_rewritten_with(config: AgentConfig, env: Env) {
     let mut seen: [Option<Vec<Option<Stamp>>>; 2] = [None, None];
+    let mut retries: [Option<Retry>; 2] = [None, None];
     loop {
-        for (which, last) in seen.iter_mut().enumerate() {
+        for (which, (last, retry)) in seen.iter_mut().zip(retries.iter_mut()).enumerate() {
             let files = watched_files(&config, &env, which);
             let now = stamps(&files);
-            if last.as_ref() == Some(&now) {
+            let changed = last.as_ref() != Some(&now);
+            let due = retry.is_some_and(|r| tokio::time::Instant::now() >= r.at);
+            if !changed && !due {
                 continue;
             }
             tokio::time::sleep(SETTLE).await;
@@ -49,10 +65,31 @@ pub async fn keep_rewritten_with(config: AgentConfig, env: Env) {
                 _ => apply::rewrite_talosconfig(&config, &env),
             })
             .await;
-            match result {
-                Ok(result) => log(result),
-                Err(error) => tracing::error!(%error, "config rewrite task failed"),
-            }
+            *retry = match result {
+                Ok(Err(error)) if passes_without_a_change(&error) => {
+                    // A change to the file starts the backoff over.
+                    let backoff = match retry {
+                        Some(r) if !changed => (r.backoff * 2).min(RETRY_MAX),
+                        _ => RETRY_FIRST,
+                    };
+                    tracing::warn!(
+                        %error, retry_in = ?backoff,
+                        "config not rewritten; the tunnel is unaffected"
+                    );
+                    Some(Retry {
+                        at: tokio::time::Instant::now() + backoff,
+                        backoff,
+                    })
+                }
+                Ok(result) => {
+                    log(result);
+                    None
+                }
+                Err(error) => {
+                    tracing::error!(%error, "config rewrite task failed");
+                    None
+                }
+            };
             *last = Some(stamps(&files));
         }
         tokio::time::sleep(POLL).await;
@@ -72,6 +109,17 @@ fn log(result: Result<FileReport, RewriteError>) {
         }
         Err(error) => tracing::warn!(%error, "config not rewritten; the tunnel is unaffected"),
     }
+}
+
+/// Errors that can go away while the file stays as it is.
+fn passes_without_a_change(error: &RewriteError) -> bool {
+    matches!(
+        error,
+        RewriteError::Locked { .. }
+            | RewriteError::Contended { .. }
+            | RewriteError::Io { .. }
+            | RewriteError::Owner { .. }
+    )
 }
 
 /// Every file whose change may call for a rewrite: all of `KUBECONFIG`'s

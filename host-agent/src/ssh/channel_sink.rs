@@ -20,10 +20,21 @@
 //!   session waits for it that long once (others wait at most that long, far
 //!   below the keepalive timeout), then no more until it has caught up
 //!   completely; meanwhile its data queues up to [`Limits::per_connection`]
-//!   and then it is disconnected, instead of stalling or bloating the rest.
+//!   and then it is disconnected, instead of stalling or bloating the rest;
+//! - the session as a whole waits for stalled readers at most
+//!   [`Limits::stall_allowance`] per [`Limits::stall_window`]: a burst of
+//!   clients that all stop reading (a hundred paused pagers) would otherwise
+//!   hold the session for a budget each, back to back, starving every other
+//!   connection on it. Past the allowance a new stalled reader gets no
+//!   pause; it queues up to its limit and is cut.
 //!
 //! Data can arrive before the connection task learns its channel id (a server
-//! that speaks first); it waits in an unclaimed sink until claimed.
+//! that speaks first); it waits in an unclaimed sink until claimed. A sink
+//! exists only between the server's confirmation of its channel ([`Sinks::open`])
+//! and the end of its claim: data for any other channel id (one whose
+//! connection has ended, while the CHANNEL_CLOSE is still on its way) is
+//! dropped, never stored, so it can neither hold memory nor count against
+//! the agent-wide budget.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -37,6 +48,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// Memory bounds for data the server sent that clients have not read yet.
+/// At most `total` plus `pause_above` per connection is queued: queues up
+/// to `pause_above` are always accepted (a client that reads is not cut
+/// because stalled ones filled the total), larger ones only within `total`.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub per_connection: usize,
@@ -46,6 +60,10 @@ pub struct Limits {
     /// Longest the session waits for a client to drain to half of
     /// `pause_above`; a client that takes longer counts as stalled.
     pub pause_budget: Duration,
+    /// Longest the session waits, in all, for readers that then did not
+    /// drain, per `stall_window`.
+    pub stall_allowance: Duration,
+    pub stall_window: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +74,9 @@ impl Default for Limits {
             total: 256 * 1024 * 1024,
             pause_above: 1024 * 1024,
             pause_budget: Duration::from_secs(1),
+            // At most a fifth of the session's time goes to stalled readers.
+            stall_allowance: Duration::from_secs(2),
+            stall_window: Duration::from_secs(10),
         }
     }
 }
@@ -72,6 +93,9 @@ impl Buffered {
             })
             .is_ok()
     }
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::AcqRel);
+    }
     fn sub(&self, n: usize) {
         self.0.fetch_sub(n, Ordering::AcqRel);
     }
@@ -81,11 +105,14 @@ impl Buffered {
 }
 
 /// One session's sinks, by channel (generic over the id so tests can name
-/// channels; russh's `ChannelId` cannot be built outside russh).
+/// channels; russh's `ChannelId` cannot be built outside russh). Lock order:
+/// the map, then a sink's state.
 pub struct Sinks<K = ChannelId> {
     by_channel: Mutex<HashMap<K, Arc<Sink>>>,
     limits: Limits,
     total: Arc<Buffered>,
+    /// Waits spent on readers that did not drain: (window start, spent).
+    stalls: Mutex<(tokio::time::Instant, Duration)>,
 }
 
 impl<K: Copy + Eq + Hash> Sinks<K> {
@@ -94,7 +121,21 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             by_channel: Mutex::new(HashMap::new()),
             limits,
             total,
+            stalls: Mutex::new((tokio::time::Instant::now(), Duration::ZERO)),
         }
+    }
+
+    /// What is left of the session's allowance for stalled readers; with
+    /// `spent`, charges a wait that ended without the reader draining.
+    fn stall_allowance(&self, spent: Duration) -> Duration {
+        let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
+        let (started, used) = &mut *stalls;
+        if started.elapsed() >= self.limits.stall_window {
+            *started = tokio::time::Instant::now();
+            *used = Duration::ZERO;
+        }
+        *used += spent;
+        self.limits.stall_allowance.saturating_sub(*used)
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<K, Arc<Sink>>> {
@@ -103,20 +144,49 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
         self.by_channel.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn sink(&self, id: K) -> Arc<Sink> {
-        self.map()
+    /// The server confirmed channel `id` (the session task calls this, in
+    /// order with the channel's data): from now on its data is kept for the
+    /// connection that opened it. A claim already released (the connection
+    /// ended before the session got here) is forgotten instead.
+    pub fn open(&self, id: K) {
+        let mut map = self.map();
+        let sink = map
             .entry(id)
             .or_insert_with(|| Arc::new(Sink::default()))
-            .clone()
+            .clone();
+        let mut state = sink.state();
+        if state.released {
+            map.remove(&id);
+        } else {
+            state.confirmed = true;
+        }
+    }
+
+    /// Channels that currently have a sink (open, or claimed and not yet
+    /// confirmed); 0 once every connection has ended.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Data from the server for `id` (the session task calls this). Returns
-    /// at once unless the client is slow (see the module docs).
+    /// at once unless the client is slow (see the module docs). Data for a
+    /// channel without a sink (never confirmed, or its connection ended) is
+    /// dropped.
     pub async fn deliver(&self, id: K, data: &[u8]) {
-        let sink = self.sink(id);
+        let Some(sink) = self.map().get(&id).cloned() else {
+            return;
+        };
         let Some(budget) = sink.deliver(data, &self.limits, &self.total) else {
             return;
         };
+        let budget = budget.min(self.stall_allowance(Duration::ZERO));
+        if budget.is_zero() {
+            return;
+        }
         let started = tokio::time::Instant::now();
         let low = self.limits.pause_above / 2;
         let drained = tokio::time::timeout(budget, sink.drained(low))
@@ -130,6 +200,8 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             state.pause_budget_used = Duration::ZERO;
         } else {
             state.pause_budget_used += started.elapsed();
+            drop(state);
+            self.stall_allowance(started.elapsed());
         }
     }
 
@@ -152,7 +224,13 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     /// The connection task takes over `id`: from now on data is written to
     /// `client` directly. Whatever arrived earlier is already queued.
     pub fn claim(self: &Arc<Self>, id: K, client: Arc<OwnedWriteHalf>) -> Claimed<K> {
-        let sink = self.sink(id);
+        // Usually `open` ran already; russh hands the channel to its opener
+        // just before calling the handler, so a claim can come first.
+        let sink = self
+            .map()
+            .entry(id)
+            .or_insert_with(|| Arc::new(Sink::default()))
+            .clone();
         sink.state().client = Some(client);
         Claimed {
             sinks: self.clone(),
@@ -255,23 +333,30 @@ impl<K: Copy + Eq + Hash> Claimed<K> {
 
 impl<K: Copy + Eq + Hash> Drop for Claimed<K> {
     fn drop(&mut self) {
-        {
-            let mut map = self.sinks.map();
-            if map
+        let mut map = self.sinks.map();
+        let mut state = self.sink.state();
+        state.released = true;
+        // Not yet confirmed: `open` is still to come and removes it then
+        // (removing it now would let `open` make a new, never-claimed one).
+        if state.confirmed
+            && map
                 .get(&self.id)
                 .is_some_and(|s| Arc::ptr_eq(s, &self.sink))
-            {
-                map.remove(&self.id);
-            }
+        {
+            map.remove(&self.id);
         }
-        let mut state = self.sink.state();
+        drop(map);
         state.client = None;
         state.queue.clear();
         state.finished = true;
         let left = std::mem::take(&mut state.queued);
+        let big = state.high_water > self.sinks.limits.pause_above;
         drop(state);
         self.sinks.total.sub(left);
         self.sink.drained.notify_waiters();
+        if big {
+            crate::mem::release_soon();
+        }
     }
 }
 
@@ -298,6 +383,12 @@ struct SinkState {
     finished: bool,
     overflow: Option<&'static str>,
     pause_budget_used: Duration,
+    /// Most bytes ever queued at once.
+    high_water: usize,
+    /// The session saw the server confirm the channel.
+    confirmed: bool,
+    /// The claim was dropped: the connection is over.
+    released: bool,
 }
 
 impl Sink {
@@ -332,10 +423,16 @@ impl Sink {
         let n = data.len();
         if state.queued + n > limits.per_connection {
             state.overflow = Some("the client left more than the per-connection buffer unread");
-        } else if !total.try_add(n, limits.total) {
+        } else if state.queued + n > limits.pause_above && !total.try_add(n, limits.total) {
             state.overflow = Some("the agent's total buffer for unread data is full");
         } else {
+            if state.queued + n <= limits.pause_above {
+                // A client that keeps up queues little: never cut it because
+                // stalled ones filled the budget (they are cut instead).
+                total.add(n);
+            }
             state.queued += n;
+            state.high_water = state.high_water.max(state.queued);
             state.queue.push_back(Bytes::copy_from_slice(data));
         }
         if state.overflow.is_some() {

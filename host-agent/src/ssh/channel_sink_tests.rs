@@ -37,6 +37,8 @@ fn sinks(per_connection: usize, total: usize) -> (Arc<Sinks<u32>>, Arc<Buffered>
         total,
         pause_above: 64 * 1024,
         pause_budget: Duration::from_millis(200),
+        stall_allowance: Duration::from_secs(60),
+        stall_window: Duration::from_secs(60),
     };
     (Arc::new(Sinks::new(limits, buffered.clone())), buffered)
 }
@@ -45,6 +47,7 @@ fn sinks(per_connection: usize, total: usize) -> (Arc<Sinks<u32>>, Arc<Buffered>
 async fn data_before_the_claim_arrives_first_and_in_order() {
     let (sinks, buffered) = sinks(1 << 20, 1 << 20);
     let id = 7u32;
+    sinks.open(id);
     sinks.deliver(id, b"hello ").await;
     assert_eq!(buffered.get(), 6, "unclaimed data is queued and counted");
     let (client, mut peer) = pair().await;
@@ -123,6 +126,8 @@ async fn a_slow_reader_gets_back_pressure_for_as_long_as_it_reads() {
         // the pauses add up past it before the writer ever catches up
         // completely (which refills the budget whatever the policy).
         pause_budget: Duration::from_millis(50),
+        stall_allowance: Duration::from_secs(60),
+        stall_window: Duration::from_secs(60),
     };
     let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
     let (client, mut peer) = small_buffered_pair().await;
@@ -165,9 +170,20 @@ async fn a_slow_reader_gets_back_pressure_for_as_long_as_it_reads() {
 
 #[tokio::test]
 async fn the_agent_wide_budget_is_shared_by_connections() {
-    let (sinks, buffered) = sinks(1 << 30, 64 * 1024);
+    let buffered = Arc::new(Buffered::default());
+    let limits = Limits {
+        per_connection: 1 << 30,
+        total: 64 * 1024,
+        pause_above: 16 * 1024,
+        pause_budget: Duration::from_millis(200),
+        stall_allowance: Duration::from_secs(60),
+        stall_window: Duration::from_secs(60),
+    };
+    let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
     let (a, b) = (1u32, 2u32);
     // Unclaimed: nothing can be written, everything queues.
+    sinks.open(a);
+    sinks.open(b);
     sinks.deliver(a, &[0u8; 48 * 1024]).await;
     sinks.deliver(b, &[0u8; 48 * 1024]).await;
     let (client, _peer) = pair().await;
@@ -184,4 +200,113 @@ async fn the_agent_wide_budget_is_shared_by_connections() {
         0,
         "unclaimed bytes are returned with the session"
     );
+}
+
+/// The connection ended (here: its client was cut off with data queued)
+/// while the server kept sending, as it does until our CHANNEL_CLOSE
+/// reaches it: the late data is dropped, not kept in a sink of its own that
+/// nobody would ever claim or free.
+#[tokio::test]
+async fn data_for_a_channel_whose_connection_ended_is_dropped() {
+    let (sinks, buffered) = sinks(64 * 1024, 1 << 30);
+    let id = 5u32;
+    sinks.open(id);
+    let (client, _peer_never_reads) = pair().await;
+    let claimed = sinks.claim(id, client);
+    let chunk = vec![0u8; 32 * 1024];
+    while buffered.get() == 0 {
+        sinks.deliver(id, &chunk).await;
+    }
+    drop(claimed);
+    assert_eq!(buffered.get(), 0);
+    for _ in 0..64 {
+        sinks.deliver(id, &chunk).await;
+    }
+    assert_eq!(buffered.get(), 0, "late data counted against the budget");
+    assert_eq!(sinks.len(), 0, "late data re-created a sink");
+}
+
+/// russh hands the channel to its opener before the session calls
+/// `open`: a connection can claim, and even end, first.
+#[tokio::test]
+async fn a_claim_released_before_the_confirmation_leaves_nothing_behind() {
+    let (sinks, buffered) = sinks(1 << 20, 1 << 20);
+    let (client, _peer) = pair().await;
+    drop(sinks.claim(8u32, client));
+    assert_eq!(sinks.len(), 1, "kept until the session confirms it");
+    sinks.open(8);
+    sinks.deliver(8, b"late").await;
+    assert_eq!(sinks.len(), 0);
+    assert_eq!(buffered.get(), 0);
+}
+
+#[tokio::test]
+async fn data_for_a_channel_never_opened_is_dropped() {
+    let (sinks, buffered) = sinks(1 << 20, 1 << 20);
+    sinks.deliver(11u32, b"stray").await;
+    assert_eq!((sinks.len(), buffered.get()), (0, 0));
+}
+
+/// Many clients stop reading at once: the session waits for the first, up
+/// to the session's allowance, and not a budget each for the rest.
+#[tokio::test]
+async fn a_burst_of_stalled_readers_costs_the_session_its_allowance_only() {
+    let buffered = Arc::new(Buffered::default());
+    let limits = Limits {
+        per_connection: 256 * 1024,
+        total: 1 << 30,
+        pause_above: 64 * 1024,
+        pause_budget: Duration::from_millis(200),
+        stall_allowance: Duration::from_millis(300),
+        stall_window: Duration::from_secs(60),
+    };
+    let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
+    let mut claims = Vec::new();
+    let mut peers = Vec::new();
+    for id in 0..8u32 {
+        let (client, peer) = pair().await;
+        sinks.open(id);
+        claims.push(sinks.claim(id, client));
+        peers.push(peer);
+    }
+    let chunk = vec![0u8; 32 * 1024];
+    let started = std::time::Instant::now();
+    for id in 0..8u32 {
+        while claims[id as usize].sink.state().overflow.is_none() {
+            sinks.deliver(id, &chunk).await;
+        }
+    }
+    let paused = started.elapsed();
+    assert!(
+        paused >= Duration::from_millis(300) && paused < Duration::from_millis(1000),
+        "8 stalled readers x 200 ms budget, 300 ms allowance: paused {paused:?}"
+    );
+}
+
+/// Stalled clients filled the agent-wide budget; a client that reads (its
+/// queue stays small) must not be cut for it.
+#[tokio::test]
+async fn a_full_total_budget_does_not_cut_a_client_that_keeps_up() {
+    let (sinks, buffered) = sinks(1 << 30, 128 * 1024);
+    sinks.open(1u32);
+    let (stalled, _never_reads) = pair().await;
+    let hog = sinks.claim(1, stalled);
+    let chunk = vec![0u8; 32 * 1024];
+    while hog.sink.state().overflow.is_none() {
+        sinks.deliver(1, &chunk).await;
+    }
+    assert!(
+        buffered.get() > 64 * 1024,
+        "the stalled one holds the budget"
+    );
+    sinks.open(2u32);
+    sinks.deliver(2, b"a reply before the claim").await;
+    let (client, mut peer) = pair().await;
+    let claimed = sinks.claim(2, client.clone());
+    sinks.finish(2);
+    assert_eq!(claimed.write_queued_to(&client).await, Ok(()));
+    drop((claimed, client));
+    let mut got = String::new();
+    peer.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "a reply before the claim");
 }

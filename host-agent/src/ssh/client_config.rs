@@ -2,7 +2,14 @@
 //! keys Lima writes: `Host` blocks with patterns (`*`, `?`, `!negation`),
 //! first obtained value wins (every `IdentityFile` line accumulates), quoted
 //! arguments, `key=value`, `~` and `%d` in paths, and `Ciphers` in its `+`,
-//! `-` and `^` forms. Pure: the caller reads the file.
+//! `-` and `^` forms, `Match all` / `host` / `originalhost`. Pure: the caller
+//! reads the file.
+//!
+//! A keyword that would change how OpenSSH connects or verifies the host,
+//! but that the agent does not implement (see [`UNSUPPORTED`]), is an error
+//! naming the file, line and keyword when it applies to the host: skipping
+//! it would silently connect somewhere else, or trust something `ssh` would
+//! not. So is a `Match` the agent cannot evaluate (`exec`, `user`, ...).
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +51,9 @@ pub struct ResolvedHost {
     pub identity_files: Vec<PathBuf>,
     pub user_known_hosts_files: Vec<PathBuf>,
     pub strict_host_key_checking: StrictHostKeyChecking,
+    /// `NoHostAuthenticationForLocalhost yes`: no host key check when the
+    /// server's address is loopback (as OpenSSH does; Lima writes it).
+    pub no_host_authentication_for_localhost: bool,
     /// Cipher names in preference order, already resolved against `default_ciphers`.
     pub ciphers: Vec<String>,
 }
@@ -78,8 +88,29 @@ struct Obtained {
     identity_files: Vec<String>,
     user_known_hosts_files: Option<Vec<String>>,
     strict: Option<StrictHostKeyChecking>,
+    no_auth_localhost: Option<bool>,
     ciphers: Option<String>,
 }
+
+/// Keywords (lowercase) that change where or how OpenSSH connects, or how it
+/// trusts the host, which the agent does not implement; each with what it
+/// would do. Their value `none` (where OpenSSH accepts it) means unset.
+pub const UNSUPPORTED: &[(&str, &str)] = &[
+    ("include", "reads more configuration from other files"),
+    ("proxycommand", "connects through a command instead of TCP"),
+    ("proxyjump", "connects through another SSH host"),
+    ("hostkeyalias", "checks the host key under another name"),
+    ("bindaddress", "connects from a specific local address"),
+    ("bindinterface", "connects from a specific local interface"),
+    ("canonicalizehostname", "rewrites the host name"),
+    ("certificatefile", "authenticates with a certificate"),
+    ("hostkeyalgorithms", "restricts the host key algorithms"),
+    ("kexalgorithms", "restricts the key exchange algorithms"),
+    ("macs", "restricts the MAC algorithms"),
+    ("revokedhostkeys", "refuses revoked host keys"),
+    ("knownhostscommand", "gets known host keys from a command"),
+    ("verifyhostkeydns", "checks the host key against DNS"),
+];
 
 /// Resolve `alias` in `text` (read from `path`, which only names it in errors).
 pub fn resolve(
@@ -109,16 +140,37 @@ pub fn resolve(
                 active = host_matches(args, alias);
                 continue;
             }
-            // Only `Match all` is understood; other criteria need a live
-            // evaluation (exec, canonical, ...), so their blocks are skipped.
             "match" => {
-                active = args.len() == 1 && args[0].eq_ignore_ascii_case("all");
+                // `Match host` sees the HostName obtained so far.
+                let hostname = got
+                    .hostname
+                    .as_deref()
+                    .map(|h| h.replace("%h", alias).replace("%%", "%"))
+                    .unwrap_or_else(|| alias.to_string());
+                active = match_matches(args, alias, &hostname).map_err(|p| invalid(keyword, p))?;
                 continue;
             }
             _ => {}
         }
         if !active {
             continue;
+        }
+        if let Some((_, what)) = UNSUPPORTED.iter().find(|(k, _)| *k == key) {
+            let unset = args.first().is_some_and(|a| {
+                a.eq_ignore_ascii_case("none")
+                    || (matches!(key.as_str(), "canonicalizehostname" | "verifyhostkeydns")
+                        && a.eq_ignore_ascii_case("no"))
+            });
+            if !unset {
+                return Err(invalid(
+                    keyword,
+                    format!(
+                        "applies to host {alias:?} and {what}, which portplane-agent does not \
+                         implement; it would connect differently from `ssh`. Remove it, or \
+                         point [ssh] config at a file without it"
+                    ),
+                ));
+            }
         }
         let first = || {
             args.first()
@@ -154,6 +206,19 @@ pub fn resolve(
                         return Err(invalid(
                             keyword,
                             format!("expected yes, no, ask, accept-new or off, got {value:?}"),
+                        ));
+                    }
+                });
+            }
+            "nohostauthenticationforlocalhost" if got.no_auth_localhost.is_none() => {
+                let value = first()?;
+                got.no_auth_localhost = Some(match value.to_ascii_lowercase().as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    _ => {
+                        return Err(invalid(
+                            keyword,
+                            format!("expected yes or no, got {value:?}"),
                         ));
                     }
                 });
@@ -204,6 +269,7 @@ pub fn resolve(
         identity_files,
         user_known_hosts_files,
         strict_host_key_checking: got.strict.unwrap_or(StrictHostKeyChecking::Yes),
+        no_host_authentication_for_localhost: got.no_auth_localhost.unwrap_or(false),
         ciphers,
         hostname,
     })
@@ -246,6 +312,44 @@ pub fn resolve_ciphers(spec: &str, default: &[String]) -> Vec<String> {
         fresh
     });
     out
+}
+
+/// A `Match` line: every criterion must hold. Understood: `all`, `host`
+/// and `originalhost` with a comma-separated pattern list, each optionally
+/// negated with `!`; anything else cannot be evaluated here and is an error.
+fn match_matches(args: &[String], alias: &str, hostname: &str) -> Result<bool, String> {
+    if args.is_empty() {
+        return Err("expected criteria (all, host, originalhost)".into());
+    }
+    let mut all = true;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        let (negated, criterion) = match word.strip_prefix('!') {
+            Some(rest) => (true, rest.to_ascii_lowercase()),
+            None => (false, word.to_ascii_lowercase()),
+        };
+        let holds = match criterion.as_str() {
+            "all" => true,
+            "host" | "originalhost" => {
+                let patterns = words
+                    .next()
+                    .ok_or_else(|| format!("`{criterion}` expects a pattern list"))?;
+                let subject = if criterion == "host" { hostname } else { alias };
+                let list: Vec<String> = patterns.split(',').map(String::from).collect();
+                host_matches(&list, subject)
+            }
+            other => {
+                return Err(format!(
+                    "portplane-agent cannot evaluate `Match {other}` (it understands all, host \
+                     and originalhost), so it cannot tell whether this block applies to the \
+                     host as `ssh` would; remove the block or point [ssh] config at a file \
+                     without it"
+                ));
+            }
+        };
+        all &= holds != negated;
+    }
+    Ok(all)
 }
 
 /// A `Host` line matches when some pattern matches and no `!pattern` does.

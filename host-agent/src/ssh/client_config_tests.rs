@@ -196,3 +196,53 @@ fn wildcards() {
     assert!(!wildcard_match("lima", "lima-colima"));
     assert!(wildcard_match("*colima", "lima-colima"));
 }
+
+fn resolve_err(text: &str, alias: &str) -> String {
+    resolve(Path::new("/x/ssh.config"), text, alias, &env())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn lima_asks_not_to_check_localhost_host_keys() {
+    assert!(resolve_text(LIMA, "lima-colima").no_host_authentication_for_localhost);
+    assert!(!resolve_text("Host x\n", "x").no_host_authentication_for_localhost);
+}
+
+/// Each of these changes how `ssh` would connect to the host; skipping it
+/// would connect differently, so it is an error naming file, line, keyword.
+#[test]
+fn unimplemented_keywords_in_the_matched_block_are_errors() {
+    for line in [
+        "ProxyCommand nc %h %p",
+        "ProxyJump bastion",
+        "HostKeyAlias vm",
+        "Include other.config",
+        "BindAddress 127.0.0.2",
+    ] {
+        let text = format!("Host other\n  {line}\nHost lima-colima\n  Port 2\n  {line}\n");
+        let err = resolve_err(&text, "lima-colima");
+        let keyword = line.split(' ').next().unwrap();
+        assert!(
+            err.starts_with(&format!("/x/ssh.config:5: `{keyword}`:")),
+            "{err}"
+        );
+        assert!(err.contains("does not implement"), "{err}");
+    }
+    // The same keywords in a block for another host, or set to none: fine.
+    let h = resolve_text(
+        "Host other\n  ProxyJump bastion\nHost lima-colima\n  ProxyCommand none\n  Port 2\n",
+        "lima-colima",
+    );
+    assert_eq!(h.port, 2);
+}
+
+#[test]
+fn match_host_and_originalhost_are_evaluated_other_forms_are_errors() {
+    let text = "Host lima-colima\n  Hostname 127.0.0.1\nMatch host 127.0.0.*\n  Port 7\nMatch originalhost !lima-*\n  User nobody\n";
+    let h = resolve_text(text, "lima-colima");
+    assert_eq!((h.port, h.user.as_str()), (7, "joel"));
+    let err = resolve_err("Match exec \"true\"\n  Port 7\n", "lima-colima");
+    assert!(err.starts_with("/x/ssh.config:1: `Match`:"), "{err}");
+    assert!(err.contains("cannot evaluate `Match exec`"), "{err}");
+}

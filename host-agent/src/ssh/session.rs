@@ -110,6 +110,17 @@ impl client::Handler for TunnelHandler {
         Ok(())
     }
 
+    async fn channel_open_confirmation(
+        &mut self,
+        channel: ChannelId,
+        _max_packet_size: u32,
+        _window_size: u32,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.sinks.open(channel);
+        Ok(())
+    }
+
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
@@ -229,12 +240,14 @@ async fn connect_inner(
     let (closed_tx, closed) = oneshot::channel();
     let refusal = Arc::new(Mutex::new(None));
     let sinks = Arc::new(Sinks::new(tuning.limits.clone(), tuning.buffered.clone()));
-    let handler = TunnelHandler {
+    let mut handler = TunnelHandler {
         policy: HostKeyPolicy {
             host: host.hostname.clone(),
             port: host.port,
             known_hosts_files: host.user_known_hosts_files.clone(),
             strict: host.strict_host_key_checking,
+            no_host_authentication_for_localhost: host.no_host_authentication_for_localhost,
+            loopback_peer: false,
         },
         refusal: refusal.clone(),
         sinks: sinks.clone(),
@@ -244,6 +257,8 @@ async fn connect_inner(
     let connected = match tokio::net::TcpStream::connect((host.hostname.as_str(), host.port)).await
     {
         Ok(socket) => {
+            // OpenSSH decides "localhost" by the address it connected to.
+            handler.policy.loopback_peer = socket.peer_addr().is_ok_and(|a| a.ip().is_loopback());
             let _ = socket.set_nodelay(true);
             // russh reads each packet with two exact reads (length, then
             // body); a read-ahead buffer turns that into one read syscall per

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use russh::ChannelWriteHalf;
+use russh::client::Msg;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::pool::{Pool, SshHandle};
 use crate::config::Target;
@@ -24,6 +27,11 @@ pub struct Shared {
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Forward `client` to `target` through a pooled session.
+///
+/// However the connection ends (either side's EOF, the client reset or cut
+/// off for leaving too much unread, the session lost, the task dropped at
+/// shutdown) the channel is closed (CHANNEL_CLOSE, so the server closes its
+/// side too) and its sink and budget are given back (dropping the claim).
 pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, forward: String) {
     let peer = client.peer_addr().ok();
     let _ = client.set_nodelay(true);
@@ -39,10 +47,22 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
     // half makes those sends fail at once instead of filling it.
     let (from_server, to_server) = channel.split();
     drop(from_server);
+    // From here on, leaving this function in any way closes the channel.
+    let to_server = CloseOnDrop(Arc::new(to_server));
 
-    let upstream = tokio::spawn(client_to_server(client_read, to_server));
+    let reset = Arc::new(Notify::new());
+    let upstream = tokio::spawn(client_to_server(
+        client_read,
+        to_server.0.clone(),
+        reset.clone(),
+    ));
     let abort_upstream = upstream.abort_handle();
-    let outcome = sink.write_queued_to(&client_write).await;
+    let outcome = tokio::select! {
+        outcome = sink.write_queued_to(&client_write) => outcome,
+        // Nothing will read what the server still sends, and the server
+        // need not close on EOF: end the connection now.
+        () = reset.notified() => Ok(()),
+    };
     // The sink held the other reference: dropping both shuts the client's
     // write side, so it sees EOF once it has read everything.
     drop(sink);
@@ -53,29 +73,55 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
     }
     // Whatever the client still sends has nowhere to go once the server
     // side closed; give the upstream a moment to deliver its EOF.
-    match tokio::time::timeout(Duration::from_secs(1), upstream).await {
-        Ok(Ok(to_server)) => {
-            let _ = to_server.close().await;
+    if tokio::time::timeout(Duration::from_secs(1), upstream)
+        .await
+        .is_err()
+    {
+        abort_upstream.abort();
+    }
+    drop(to_server);
+}
+
+/// Sends CHANNEL_CLOSE when dropped. russh's split write half has no
+/// close-on-drop: without this, a connection task that ends early (a
+/// stalled client cut off, an abort) left the channel open at the server,
+/// which kept its connection to the target and kept sending.
+struct CloseOnDrop(Arc<ChannelWriteHalf<Msg>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let half = self.0.clone();
+        // No runtime: the process is exiting, and the socket with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // A channel the server closed already is forgotten by russh,
+            // which then sends nothing.
+            runtime.spawn(async move {
+                let _ = half.close().await;
+            });
         }
-        _ => abort_upstream.abort(),
     }
 }
 
 async fn client_to_server(
     mut client_read: tokio::net::tcp::OwnedReadHalf,
-    to_server: russh::ChannelWriteHalf<russh::client::Msg>,
-) -> russh::ChannelWriteHalf<russh::client::Msg> {
+    to_server: Arc<ChannelWriteHalf<Msg>>,
+    reset: Arc<Notify>,
+) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         buf.reserve(READ_CHUNK);
         match client_read.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => {
+            Ok(0) => {
                 let _ = to_server.eof().await;
-                return to_server;
+                return;
+            }
+            Err(_) => {
+                reset.notify_one();
+                return;
             }
             Ok(_) => {
                 if to_server.data_bytes(buf.split().freeze()).await.is_err() {
-                    return to_server;
+                    return;
                 }
             }
         }

@@ -28,11 +28,10 @@ pub async fn bind_all(forwards: &[Forward]) -> Result<Vec<(Forward, TcpListener)
             Ok(listener) => bound.push((f.clone(), listener)),
             Err(source) => {
                 let holder = match source.kind() {
-                    std::io::ErrorKind::AddrInUse => {
-                        super::port_holder::describe_holder(f.listen.port())
-                            .map(|h| format!(", held by {h}"))
-                            .unwrap_or_else(|| ", held by another process".into())
-                    }
+                    std::io::ErrorKind::AddrInUse => holder_of(f.listen.port())
+                        .await
+                        .map(|h| format!(", held by {h}"))
+                        .unwrap_or_else(|| ", held by another process".into()),
                     _ => String::new(),
                 };
                 return Err(BindError {
@@ -54,6 +53,16 @@ pub struct Counters {
     pub active: AtomicU32,
     /// Connections accepted since start.
     pub total: AtomicU64,
+}
+
+/// The port's holder, looked up off the async workers (it walks /proc or
+/// runs `lsof`) and given up on after a few seconds.
+async fn holder_of(port: u16) -> Option<String> {
+    let lookup = tokio::task::spawn_blocking(move || super::port_holder::describe_holder(port));
+    tokio::time::timeout(std::time::Duration::from_secs(5), lookup)
+        .await
+        .ok()?
+        .ok()?
 }
 
 /// Accept forever; each connection gets its own task.

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::backoff::{Backoff, jitter_seed};
 use crate::ssh::channel_sink::Sinks;
-use crate::ssh::client_config::{SshEnv, resolve_file};
+use crate::ssh::client_config::{ClientConfigError, ResolvedHost, SshEnv, resolve_file};
 use crate::ssh::session::{self, SessionTuning, TunnelHandler};
 
 /// A pooled session: the handle to open channels on, and where the session
@@ -170,7 +170,7 @@ async fn supervise(
         jitter_seed(slot as u64),
     );
     loop {
-        let host = match resolve_file(&config.ssh_config, &config.host_alias, &config.env) {
+        let host = match resolve(&config).await {
             Ok(host) => host,
             Err(error) => {
                 let delay = backoff.next_delay();
@@ -226,7 +226,7 @@ async fn wait_until_accepting(config: &PoolConfig, delay: Duration) {
     let deadline = tokio::time::Instant::now() + delay;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(PROBE_INTERVAL.min(delay)).await;
-        if let Ok(host) = resolve_file(&config.ssh_config, &config.host_alias, &config.env)
+        if let Ok(host) = resolve(config).await
             && let Ok(Ok(_)) = tokio::time::timeout_at(
                 deadline,
                 tokio::net::TcpStream::connect((host.hostname.as_str(), host.port)),
@@ -239,3 +239,21 @@ async fn wait_until_accepting(config: &PoolConfig, delay: Duration) {
 }
 
 const PROBE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Read and resolve the ssh config off the async workers (during an outage
+/// this runs every [`PROBE_INTERVAL`]).
+async fn resolve(config: &PoolConfig) -> Result<ResolvedHost, ClientConfigError> {
+    let (path, alias, env) = (
+        config.ssh_config.clone(),
+        config.host_alias.clone(),
+        config.env.clone(),
+    );
+    tokio::task::spawn_blocking(move || resolve_file(&path, &alias, &env))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ClientConfigError::Read {
+                path: config.ssh_config.clone(),
+                source: std::io::Error::other(e),
+            })
+        })
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use portplane_e2e::sshd::{Sshd, descendants};
-use portplane_e2e::{free_port, procfs};
+use portplane_e2e::{free_port, procfs, soak};
 
 const THROUGHPUT_SECS: u64 = 4;
 /// Alternating rounds (agent, ssh, agent, ...); BENCH_ROUNDS overrides.
@@ -79,6 +79,10 @@ fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .context("usage: bench-tunnel <path to release portplane-agent>")?;
     let mut sshd = Sshd::start()?;
+    if std::env::var_os("BENCH_SOAK_ONLY").is_some() {
+        let work = tempfile::tempdir()?;
+        return print_soak(&agent_bin, &sshd, &work);
+    }
     let ends = Ends {
         echo: serve(echo_conn),
         source: serve(source_conn),
@@ -194,6 +198,75 @@ fn main() -> anyhow::Result<()> {
     }
     drop(ssh);
     drop(agent);
+    print_soak(&agent_bin, &sshd, &work)
+}
+
+/// The churn soak (`portplane_e2e::soak`) through a fresh agent: 1,000
+/// connections, 100 stalled and cut, 100 resets, 200 early closes; what it
+/// left behind. Agent only: `ssh -L` never cuts a stalled client, so the
+/// same plan would only measure its 100 held channels.
+fn print_soak(bin: &PathBuf, sshd: &Sshd, work: &tempfile::TempDir) -> anyhow::Result<()> {
+    let plan = soak::Plan::standard();
+    let targets = soak::Targets::start(plan.download_bytes)?;
+    let listen = soak::Listen {
+        stall: free_port()?,
+        reset: free_port()?,
+        early: free_port()?,
+        echo: free_port()?,
+        bulk: free_port()?,
+    };
+    let forwards = [
+        ("echo", listen.echo, targets.echo.port),
+        ("stall", listen.stall, targets.stall.port),
+        ("reset", listen.reset, targets.reset.port),
+        ("early", listen.early, targets.early.port),
+        ("bulk", listen.bulk, targets.bulk.port),
+    ];
+    let mut config = format!(
+        "name = \"soak\"\n[ssh]\nconfig = \"{}\"\nhost = \"{}\"\n",
+        sshd.ssh_config_path().display(),
+        sshd.host_alias(),
+    );
+    for (name, listen, target) in forwards {
+        config.push_str(&format!(
+            "[[forward]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{listen}\"\ntarget = \"127.0.0.1:{target}\"\n"
+        ));
+    }
+    config.push_str(&format!(
+        "[kubeconfig]\nforward = \"echo\"\npath = \"{dir}/soak-kubeconfig\"\n\
+         [talosconfig]\nforward = \"echo\"\npath = \"{dir}/soak-talosconfig\"\n",
+        dir = work.path().display(),
+    ));
+    let path = work.path().join("soak-agent.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(work.path().join("soak-agent.log"))?;
+    let agent = Guard(
+        Command::new(bin)
+            .env_remove("KUBECONFIG")
+            .env_remove("TALOSCONFIG")
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    wait_echo(listen.echo, Duration::from_secs(30)).context("the soak agent never came up")?;
+    let figures = soak::run(agent.0.id(), listen, &targets, plan)?;
+    println!(
+        "\nchurn soak: {} connections, {} stalled (must be cut), {} client resets, {} early server closes; then a {} MiB download read at ~12 MB/s\n",
+        plan.connections,
+        plan.stalled,
+        plan.resets,
+        plan.early_closes,
+        plan.download_bytes / (1024 * 1024)
+    );
+    println!("{}", soak::Figures::MARKDOWN_HEADER);
+    println!("{}", figures.markdown_row("portplane-agent"));
+    for failure in figures.failures.iter().take(10) {
+        println!("- failed: {failure}");
+    }
     Ok(())
 }
 
