@@ -275,6 +275,8 @@ fn run_agent(config_path: &std::path::Path) -> anyhow::Result<()> {
 /// (after trying both) when either is missing, malformed or unwritable.
 fn rewrite_once(config: &std::path::Path) -> anyhow::Result<()> {
     use portplane_agent::rewrite::{self, Env};
+    // Progress (a wait for kubectl's lock) goes to stderr as log lines.
+    init_tracing();
     let config = portplane_agent::config::AgentConfig::load(config)?;
     let env = Env::from_process();
     let mut failed = 0;

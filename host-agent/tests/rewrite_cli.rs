@@ -316,14 +316,32 @@ fn a_held_kubectl_lock_is_waited_for_and_the_holders_write_kept() {
     let home = Home::new();
     let lock = home.dir.path().join(".kube/config.lock");
     fs::write(&lock, "").unwrap();
-    let child = home
+    let mut child = home
         .command()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
     let mut child = ChildGuard(child);
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent says when it starts waiting for the lock: only then is it
+    // known to be blocked on it.
+    let (waiting_tx, waiting) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("waiting for the lock") {
+                let _ = waiting_tx.send(line);
+            }
+        }
+    });
+    let line = waiting
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the agent never said it waits for kubectl's lock");
+    assert!(line.contains("config.lock"), "{line}");
     // "kubectl" finishes its write under the lock and releases it.
     let kubectl_wrote = fixture("kubeconfig.two-generations.yaml")
         .replace(

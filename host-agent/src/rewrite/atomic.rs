@@ -118,6 +118,7 @@ impl Lock {
     fn acquire(file: &Path, timeout: Duration) -> Result<Lock, RewriteError> {
         let path = lock_path(file);
         let started = Instant::now();
+        let mut announced = false;
         loop {
             match OpenOptions::new()
                 .write(true)
@@ -127,6 +128,13 @@ impl Lock {
             {
                 Ok(_) => return Ok(Lock { path }),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    if !announced {
+                        announced = true;
+                        tracing::info!(
+                            lock = %path.display(),
+                            "waiting for the lock another writer holds (kubectl holds it while it writes)"
+                        );
+                    }
                     if started.elapsed() >= timeout {
                         return Err(RewriteError::Locked {
                             lock: path,
