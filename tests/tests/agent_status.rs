@@ -95,6 +95,43 @@ fn status_shows_forwards_up_with_live_counts_and_exits_1_without_agent() {
     assert_eq!(f[1]["name"], "talos-api");
     assert_eq!(f[1]["state"], "Up");
     assert_eq!(f[1]["active_connections"], 1);
+
+    // Bytes each way: 1 MiB echoed through the held talos-api connection
+    // shows up exactly on both of that forward's counters.
+    let counted = |v: &serde_json::Value| {
+        let f = &v["agent"]["forwards"][1];
+        (
+            f["bytes_from_clients"].as_u64().unwrap(),
+            f["bytes_to_clients"].as_u64().unwrap(),
+        )
+    };
+    let before = counted(&v);
+    assert!(before.0 >= 4 && before.1 >= 4, "the probes' bytes: {v:#}");
+    const MIB: u64 = 1 << 20;
+    let mut conn = &held[2];
+    let chunk = vec![9u8; 64 * 1024];
+    let mut back = vec![0u8; chunk.len()];
+    for _ in 0..MIB / chunk.len() as u64 {
+        conn.write_all(&chunk).unwrap();
+        conn.read_exact(&mut back).unwrap();
+    }
+    let last = std::cell::RefCell::new((0, 0));
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let (_, out) = status_json(&svc);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| {
+                *last.borrow_mut() = counted(&v);
+                counted(&v) == (before.0 + MIB, before.1 + MIB)
+            })
+        },
+        || {
+            format!(
+                "bytes {before:?} + 1 MiB each way never showed; last {:?}",
+                last.borrow()
+            )
+        },
+    );
     assert!(
         agent_json["ssh"]["sessions_up"].as_u64().unwrap() >= 1,
         "{v:#}"

@@ -38,7 +38,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -258,6 +258,14 @@ pub enum Next {
 }
 
 impl<K: Copy + Eq + Hash> Claimed<K> {
+    /// Count every byte the server sends for this connection into
+    /// `received`, starting with what arrived before the claim.
+    pub fn count_received(&self, received: Arc<AtomicU64>) {
+        let mut state = self.sink.state();
+        received.fetch_add(state.queued as u64, Ordering::Relaxed);
+        state.received = Some(received);
+    }
+
     /// Wait for queued data, the end of the stream, or an overflow.
     pub async fn next(&self) -> Next {
         loop {
@@ -389,6 +397,8 @@ struct SinkState {
     confirmed: bool,
     /// The claim was dropped: the connection is over.
     released: bool,
+    /// Where bytes from the server for this connection are counted.
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl Sink {
@@ -403,6 +413,9 @@ impl Sink {
         let mut state = self.state();
         if state.finished || state.overflow.is_some() {
             return None;
+        }
+        if let Some(received) = &state.received {
+            received.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         if state.queued == 0
             && let Some(client) = &state.client

@@ -34,6 +34,8 @@ impl Live {
                 state: if up > 0 { "Up" } else { "Down" }.into(),
                 active_connections: counters.active.load(Ordering::Relaxed),
                 total_connections: counters.total.load(Ordering::Relaxed),
+                bytes_from_clients: counters.bytes_from_clients.load(Ordering::Relaxed),
+                bytes_to_clients: counters.bytes_to_clients.load(Ordering::Relaxed),
                 last_error: if up > 0 { None } else { ssh_error.clone() },
             })
             .collect();
@@ -44,6 +46,8 @@ impl Live {
             state: "Refused".into(),
             active_connections: 0,
             total_connections: 0,
+            bytes_from_clients: 0,
+            bytes_to_clients: 0,
             last_error: Some(why.clone()),
         }));
         let controller = self.config.controller.as_ref().map(|c| {

@@ -37,6 +37,10 @@ pub struct ForwardStatus {
     pub active_connections: u32,
     /// Connections accepted since the agent started.
     pub total_connections: u64,
+    /// Bytes from clients to the target since the agent started.
+    pub bytes_from_clients: u64,
+    /// Bytes from the target to clients since the agent started.
+    pub bytes_to_clients: u64,
     pub last_error: Option<String>,
 }
 

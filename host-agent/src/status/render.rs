@@ -48,7 +48,7 @@ pub fn agent(a: &AgentStatus) -> String {
             .map(|e| format!("; last error: {e}"))
             .unwrap_or_default()
     );
-    let rows: Vec<[String; 7]> = a
+    let rows: Vec<[String; 9]> = a
         .forwards
         .iter()
         .map(|f| {
@@ -59,6 +59,8 @@ pub fn agent(a: &AgentStatus) -> String {
                 f.state.clone(),
                 f.active_connections.to_string(),
                 f.total_connections.to_string(),
+                bytes(f.bytes_from_clients),
+                bytes(f.bytes_to_clients),
                 f.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
         })
@@ -70,6 +72,8 @@ pub fn agent(a: &AgentStatus) -> String {
         "STATE",
         "ACTIVE",
         "TOTAL",
+        "SENT",
+        "RECEIVED",
         "LAST ERROR",
     ]
     .map(String::from);
@@ -165,5 +169,21 @@ mod tests {
         assert_eq!(duration(125), "2m 5s");
         assert_eq!(duration(3 * 3600 + 120), "3h 2m");
         assert_eq!(duration(2 * 86400 + 3600), "2d 1h");
+    }
+}
+
+/// Bytes in binary units, as `ls -h` and kubectl show sizes ("1.5 MiB").
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::listener::Counters;
 use super::pool::{Pool, SshHandle};
 use crate::config::Target;
 
@@ -32,7 +33,14 @@ const READ_CHUNK: usize = 64 * 1024;
 /// off for leaving too much unread, the session lost, the task dropped at
 /// shutdown) the channel is closed (CHANNEL_CLOSE, so the server closes its
 /// side too) and its sink and budget are given back (dropping the claim).
-pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, forward: String) {
+/// Bytes each way are added to `counters`.
+pub async fn forward(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    target: Target,
+    forward: String,
+    counters: &Arc<Counters>,
+) {
     let peer = client.peer_addr().ok();
     let _ = client.set_nodelay(true);
     let Some((session, channel)) = open_channel(&shared, &target, &forward).await else {
@@ -43,6 +51,7 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
     // Claimed before anything can await: data the server sent first is
     // already waiting in the sink.
     let sink = session.sinks.claim(channel.id(), client_write.clone());
+    sink.count_received(counters.bytes_to_clients.clone());
     // Every packet also goes to the channel's own queue; dropping its read
     // half makes those sends fail at once instead of filling it.
     let (from_server, to_server) = channel.split();
@@ -55,6 +64,7 @@ pub async fn forward(shared: Arc<Shared>, client: TcpStream, target: Target, for
         client_read,
         to_server.0.clone(),
         reset.clone(),
+        counters.clone(),
     ));
     let abort_upstream = upstream.abort_handle();
     let outcome = tokio::select! {
@@ -106,6 +116,7 @@ async fn client_to_server(
     mut client_read: tokio::net::tcp::OwnedReadHalf,
     to_server: Arc<ChannelWriteHalf<Msg>>,
     reset: Arc<Notify>,
+    counters: Arc<Counters>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
@@ -119,7 +130,10 @@ async fn client_to_server(
                 reset.notify_one();
                 return;
             }
-            Ok(_) => {
+            Ok(n) => {
+                counters
+                    .bytes_from_clients
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 if to_server.data_bytes(buf.split().freeze()).await.is_err() {
                     return;
                 }

@@ -53,6 +53,11 @@ pub struct Counters {
     pub active: AtomicU32,
     /// Connections accepted since start.
     pub total: AtomicU64,
+    /// Bytes read from clients and sent to the target, since start.
+    pub bytes_from_clients: AtomicU64,
+    /// Bytes the target sent for clients, since start (counted as they
+    /// arrive from the SSH server; the sink writes them on).
+    pub bytes_to_clients: Arc<AtomicU64>,
 }
 
 /// The port's holder, looked up off the async workers (it walks /proc or
@@ -87,7 +92,7 @@ pub async fn serve(
                 counters.active.fetch_add(1, Ordering::Relaxed);
                 counters.total.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    connection::forward(shared, client, target, name).await;
+                    connection::forward(shared, client, target, name, &counters).await;
                     counters.active.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
