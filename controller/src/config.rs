@@ -34,6 +34,32 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// gRPC listener for host agents (PortInventory).
     pub grpc_listen: SocketAddr,
+    /// Host agents: who they are and how long their reports count.
+    pub agents: AgentsConfig,
+}
+
+/// Host agents' identities and reports.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Namespace of the agents' ServiceAccounts (`portplane-agent-<name>`);
+    /// defaults to $POD_NAMESPACE (the controller's own), else "default".
+    pub namespace: Option<String>,
+    /// How long a reviewed token is trusted before the next TokenReview.
+    pub token_cache_seconds: u64,
+    /// A report counts for Ready this long after it arrived (agents report
+    /// every 10 s).
+    pub ttl_seconds: u64,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            namespace: None,
+            token_cache_seconds: 60,
+            ttl_seconds: 30,
+        }
+    }
 }
 
 /// One declared operator port.
@@ -86,6 +112,7 @@ impl Default for Config {
             lease: LeaseConfig::default(),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            agents: AgentsConfig::default(),
         }
     }
 }
@@ -161,6 +188,16 @@ impl Config {
                 self.lease.renew_seconds, self.lease.duration_seconds
             ));
         }
+        if self.agents.ttl_seconds == 0 {
+            return Err("agents.ttlSeconds: expected a positive number of seconds".into());
+        }
+        if let Some(ns) = &self.agents.namespace
+            && !crate::inventory::is_dns_label(ns)
+        {
+            return Err(format!(
+                "agents.namespace: expected a namespace name (a DNS label), got {ns:?}"
+            ));
+        }
         if self.resync_seconds == 0 {
             return Err("resyncSeconds: expected a positive number of seconds".into());
         }
@@ -178,6 +215,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The agents' ServiceAccount namespace: config, then $POD_NAMESPACE,
+    /// then "default".
+    pub fn agents_namespace(&self) -> String {
+        self.agents
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into())
     }
 
     /// The lease namespace: config, then $POD_NAMESPACE, then "default".

@@ -2,6 +2,10 @@
 //! the live inventory (fed by a `tokio::sync::watch` from the reconcile
 //! loop), `Report` records an agent's tunnels and host ports, which flow into
 //! OperatorPort status and the operator-port clash check.
+//!
+//! Every call must carry an agent's ServiceAccount token ([`crate::auth`]);
+//! a report is accepted only under the name that token maps to, so only
+//! authenticated agents ever enter the registry.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,8 +21,10 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
+use crate::auth::{AuthError, Authenticator, bearer};
 use crate::crd::Plane;
 use crate::inventory::{AgentReports, Desired, HostPortReport, TunnelReport};
+use crate::metrics::Metrics;
 
 /// Reports older than this are forgotten (the agent is gone).
 const REPORT_TTL: Duration = Duration::from_secs(600);
@@ -154,6 +160,41 @@ struct Service {
     inventory: watch::Receiver<Published>,
     agents: Arc<RwLock<AgentRegistry>>,
     trigger: Arc<Notify>,
+    auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// The agent the call's bearer token stands for; refusals are counted
+    /// and logged with the peer, never with the token.
+    async fn caller<T>(&self, request: &Request<T>, call: &str) -> Result<String, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        let result = match bearer(header) {
+            Ok(token) => self.auth.agent(token).await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| self.refused(request, call, e))
+    }
+
+    fn refused<T>(&self, request: &Request<T>, call: &str, e: AuthError) -> Status {
+        let counter = match &e {
+            AuthError::Unauthenticated(_) => Some(&self.metrics.agent_unauthenticated),
+            AuthError::PermissionDenied(_) => Some(&self.metrics.agent_permission_denied),
+            AuthError::Unavailable(_) => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(call, %peer, reason = %e, "agent call refused");
+        e.into()
+    }
 }
 
 type InventoryStream = Pin<Box<dyn Stream<Item = Result<pb::Inventory, Status>> + Send>>;
@@ -164,12 +205,18 @@ impl PortInventory for Service {
         &self,
         request: Request<pb::AgentReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
-        let report = request.into_inner();
-        if report.agent.is_empty() {
-            return Err(Status::invalid_argument(
-                "AgentReport.agent: expected the agent's name, got an empty string",
+        let caller = self.caller(&request, "Report").await?;
+        if request.get_ref().agent != caller {
+            let claimed = request.get_ref().agent.chars().take(64).collect::<String>();
+            return Err(self.refused(
+                &request,
+                "Report",
+                AuthError::PermissionDenied(format!(
+                    "AgentReport.agent {claimed:?}: this token is agent {caller:?} and may only report as {caller:?}"
+                )),
             ));
         }
+        let report = request.into_inner();
         tracing::debug!(agent = %report.agent, "agent report");
         self.agents.write().await.record(report);
         self.trigger.notify_one();
@@ -182,8 +229,20 @@ impl PortInventory for Service {
 
     async fn watch_inventory(
         &self,
-        _request: Request<pb::WatchInventoryRequest>,
+        request: Request<pb::WatchInventoryRequest>,
     ) -> Result<Response<Self::WatchInventoryStream>, Status> {
+        let caller = self.caller(&request, "WatchInventory").await?;
+        let claimed = &request.get_ref().agent;
+        if !claimed.is_empty() && *claimed != caller {
+            let claimed = claimed.chars().take(64).collect::<String>();
+            return Err(self.refused(
+                &request,
+                "WatchInventory",
+                AuthError::PermissionDenied(format!(
+                    "WatchInventoryRequest.agent {claimed:?}: this token is agent {caller:?}"
+                )),
+            ));
+        }
         let stream = WatchStream::new(self.inventory.clone())
             .map(|published| Ok(to_proto(&published.desired, published.revision)));
         Ok(Response::new(Box::pin(stream)))
@@ -196,6 +255,8 @@ pub async fn serve(
     inventory: watch::Receiver<Published>,
     agents: Arc<RwLock<AgentRegistry>>,
     trigger: Arc<Notify>,
+    auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -205,6 +266,8 @@ pub async fn serve(
         inventory,
         agents,
         trigger,
+        auth,
+        metrics,
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Ok(tonic::transport::Server::builder()

@@ -143,7 +143,15 @@ pub struct TalosconfigSection {
 pub struct ControllerSection {
     /// gRPC endpoint of portplane-controller.
     pub endpoint: String,
+    /// The agent's ServiceAccount token (`portplane-agent enroll` writes
+    /// it); default `~/.config/portplane/agent-token`. Re-read on every
+    /// reconnect.
+    #[serde(default = "default_token_file")]
     pub token_file: Option<PathBuf>,
+    /// Namespace the controller runs in (its agents' ServiceAccounts live
+    /// there); used by `enroll`.
+    #[serde(default = "default_controller_namespace")]
+    pub namespace: String,
     /// Where the last inventory is cached, so runtime ports are refused even
     /// when the controller is away.
     #[serde(default = "default_inventory_cache")]
@@ -251,6 +259,24 @@ impl AgentConfig {
                 return Err(invalid(
                     key.into(),
                     format!("no [[forward]] named \"{name}\"; expected one of {known:?}"),
+                ));
+            }
+        }
+        if let Some(c) = &self.controller {
+            let ok = !c.namespace.is_empty()
+                && c.namespace.len() <= 63
+                && c.namespace
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !c.namespace.starts_with('-')
+                && !c.namespace.ends_with('-');
+            if !ok {
+                return Err(invalid(
+                    "controller.namespace".into(),
+                    format!(
+                        "expected a namespace name (lowercase letters, digits, '-'), got {:?}",
+                        c.namespace
+                    ),
                 ));
             }
         }
@@ -442,6 +468,14 @@ fn default_talos_forward() -> String {
 fn default_talos_node() -> String {
     "10.5.0.2".into()
 }
+fn default_token_file() -> Option<PathBuf> {
+    Some(PathBuf::from("~/.config/portplane/agent-token"))
+}
+
+fn default_controller_namespace() -> String {
+    "portplane".into()
+}
+
 fn default_inventory_cache() -> PathBuf {
     PathBuf::from("~/.cache/portplane/inventory.json")
 }

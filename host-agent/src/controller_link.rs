@@ -2,6 +2,10 @@
 //! controller streams (so the ownership rule works when the controller is
 //! away) and reports the agent's tunnels. Optional and never in the tunnel's
 //! way: failures are logged and retried with backoff.
+//!
+//! Every call carries the agent's ServiceAccount token
+//! (`authorization: Bearer ...`), re-read from `[controller] token_file` on
+//! every reconnect so a rotated token needs no restart.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,8 +17,10 @@ use portplane_proto::v1alpha1 as pb;
 
 use crate::config::{AgentConfig, ControllerSection, Forward};
 use crate::ownership::{CachedInventory, RuntimePort};
+use crate::token;
 use crate::tunnel::backoff::{Backoff, jitter_seed};
 use crate::tunnel::pool::Pool;
+use tonic::metadata::{Ascii, MetadataValue};
 
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -92,9 +98,13 @@ async fn session(
     status: &TunnelStatus,
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
-    let mut client = PortInventoryClient::connect(controller.endpoint.clone())
+    let bearer = bearer(controller)?;
+    let channel = tonic::transport::Endpoint::from_shared(controller.endpoint.clone())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = PortInventoryClient::with_interceptor(channel, authorize(bearer));
     let mut stream = client
         .watch_inventory(pb::WatchInventoryRequest {
             agent: agent.into(),
@@ -120,6 +130,38 @@ async fn session(
                 reporter.report(status.report(agent)).await?;
             }
         }
+    }
+}
+
+/// The `authorization` value for this connection, from the token file as it
+/// is now; warns (logs) when the token expires within 14 days.
+fn bearer(controller: &ControllerSection) -> Result<MetadataValue<Ascii>, tonic::Status> {
+    let Some(path) = controller.token_file.as_ref() else {
+        return Err(tonic::Status::unauthenticated(
+            "no [controller] token_file; run `portplane-agent enroll --config FILE`",
+        ));
+    };
+    let value = token::read(path).map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+    if let Some(warning) = token::expiry_warning(&value, std::time::SystemTime::now()) {
+        tracing::warn!(token_file = %path.display(), "{warning}");
+    }
+    let mut header: MetadataValue<Ascii> = format!("Bearer {value}").parse().map_err(|_| {
+        tonic::Status::unauthenticated(format!("{}: not usable as a bearer token", path.display()))
+    })?;
+    // Kept out of Debug output, so it cannot reach a log by accident.
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+/// Adds the bearer token to every call.
+fn authorize(
+    header: MetadataValue<Ascii>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |mut request| {
+        request
+            .metadata_mut()
+            .insert("authorization", header.clone());
+        Ok(request)
     }
 }
 

@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod controller_link;
+pub mod enroll;
 pub mod ownership;
 pub mod rewrite;
 pub mod run;
 pub mod ssh;
+pub mod token;
 pub mod tunnel;

@@ -15,6 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, RwLock, watch};
 
 use crate::Error;
+use crate::auth::{AUDIENCE, Authenticator, token_review};
 use crate::config::Config;
 use crate::grpc::{self, AgentRegistry};
 use crate::inventory::{self, ProxyIndex};
@@ -76,11 +77,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let (inventory_tx, inventory_rx) = watch::channel(grpc::Published::default());
     let agents = Arc::new(RwLock::new(AgentRegistry::default()));
+    let auth = Arc::new(Authenticator::new(
+        token_review(client.clone()),
+        config.agents_namespace(),
+        AUDIENCE.into(),
+        Duration::from_secs(config.agents.token_cache_seconds),
+        metrics.clone(),
+    ));
     let grpc = grpc::serve(
         config.grpc_listen,
         inventory_rx,
         agents.clone(),
         trigger.clone(),
+        auth,
+        metrics.clone(),
         until(shutdown.clone()),
     )
     .await?;
