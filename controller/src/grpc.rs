@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
 use pb::port_inventory_server::{PortInventory, PortInventoryServer};
@@ -22,34 +22,109 @@ use tonic::{Request, Response, Status};
 
 use crate::Error;
 use crate::auth::{AuthError, Authenticator, bearer};
-use crate::crd::Plane;
+use crate::crd::{OperatorPort, Plane};
 use crate::inventory::{AgentReports, Desired, HostPortReport, TunnelReport};
 use crate::metrics::Metrics;
+use k8s_openapi::jiff::Timestamp;
 
-/// Reports older than this are forgotten (the agent is gone).
+/// Host ports of an agent silent this long no longer count (its VM may be
+/// gone with it).
 const REPORT_TTL: Duration = Duration::from_secs(600);
+/// An agent silent this long leaves status altogether; until then its entry
+/// stays, going stale by `lastSeen` (Ready follows the TTL, not this).
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-/// The latest report of every agent.
+/// The latest report of every authenticated agent, with when it arrived
+/// (wall clock: it is written into status as `lastSeen` and read back after
+/// a restart).
 #[derive(Default)]
 pub struct AgentRegistry {
-    latest: BTreeMap<String, (pb::AgentReport, Instant)>,
+    latest: BTreeMap<String, (pb::AgentReport, SystemTime)>,
+}
+
+fn age(at: SystemTime) -> Duration {
+    SystemTime::now().duration_since(at).unwrap_or_default()
 }
 
 impl AgentRegistry {
     pub fn record(&mut self, report: pb::AgentReport) {
-        self.latest.retain(|_, (_, at)| at.elapsed() < REPORT_TTL);
+        self.latest.retain(|_, (_, at)| age(*at) < FORGET_AFTER);
         self.latest
-            .insert(report.agent.clone(), (report, Instant::now()));
+            .insert(report.agent.clone(), (report, SystemTime::now()));
+    }
+
+    /// Take over the agent entries a previous controller wrote into the
+    /// operator ports' status, for agents that have not reported to this
+    /// one yet: a restart keeps them (they go stale by `lastSeen`).
+    pub fn seed<'a>(&mut self, objects: impl IntoIterator<Item = &'a OperatorPort>) {
+        let mut seeded: BTreeMap<String, (pb::AgentReport, SystemTime)> = BTreeMap::new();
+        for object in objects {
+            let (Some(name), Some(status)) = (&object.metadata.name, &object.status) else {
+                continue;
+            };
+            if object.spec.plane != Plane::Operator {
+                continue;
+            }
+            for entry in &status.agents {
+                let Some(seen) = entry.last_seen.as_ref().map(|t| SystemTime::from(t.0)) else {
+                    continue;
+                };
+                if age(seen) >= FORGET_AFTER || self.latest.contains_key(&entry.name) {
+                    continue;
+                }
+                let (report, at) = seeded.entry(entry.name.clone()).or_insert_with(|| {
+                    (
+                        pb::AgentReport {
+                            agent: entry.name.clone(),
+                            version: entry.version.clone().unwrap_or_default(),
+                            ..Default::default()
+                        },
+                        seen,
+                    )
+                });
+                *at = (*at).max(seen);
+                let state = match entry.tunnel.as_str() {
+                    "Up" => pb::TunnelState::Up,
+                    "Down" => pb::TunnelState::Down,
+                    "Refused" => pb::TunnelState::Refused,
+                    _ => pb::TunnelState::Unspecified,
+                };
+                report.tunnels.push(pb::TunnelReport {
+                    forward: name.clone(),
+                    state: state as i32,
+                    active_connections: u32::try_from(entry.active_connections).unwrap_or(0),
+                    last_error: entry.last_error.clone().unwrap_or_default(),
+                    ..Default::default()
+                });
+            }
+        }
+        self.latest.extend(seeded);
+    }
+
+    /// The next moment a fresh report goes stale under `ttl` (Ready may
+    /// change then without any event).
+    pub fn next_expiry(&self, ttl: Duration) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        self.latest
+            .values()
+            .filter_map(|(_, at)| at.checked_add(ttl))
+            .filter(|expires| *expires > now)
+            .min()
     }
 
     /// Flattened for the pure inventory.
     pub fn reports(&self) -> AgentReports {
         let mut out = AgentReports::default();
         for (agent, (report, at)) in &self.latest {
-            if at.elapsed() >= REPORT_TTL {
+            if age(*at) >= FORGET_AFTER {
                 continue;
             }
-            for h in &report.host_ports {
+            let host_ports = if age(*at) < REPORT_TTL {
+                report.host_ports.as_slice()
+            } else {
+                &[]
+            };
+            for h in host_ports {
                 let (Ok(host_port), Ok(container_port)) =
                     (u16::try_from(h.host_port), u16::try_from(h.container_port))
                 else {
@@ -79,6 +154,8 @@ impl AgentRegistry {
                     state: state.into(),
                     active_connections: i64::from(t.active_connections),
                     last_error: Some(t.last_error.clone()).filter(|e| !e.is_empty()),
+                    version: report.version.clone(),
+                    last_seen: Timestamp::try_from(*at).ok(),
                 });
             }
         }
@@ -273,4 +350,102 @@ pub async fn serve(
     Ok(tonic::transport::Server::builder()
         .add_service(PortInventoryServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AgentStatus, OperatorPortSpec, OperatorPortStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn operator_port(name: &str, agents: Vec<AgentStatus>) -> OperatorPort {
+        let mut o = OperatorPort::new(
+            name,
+            OperatorPortSpec {
+                plane: Plane::Operator,
+                port: 16443,
+                protocol: "TCP".into(),
+                endpoint: None,
+                owner: "portplane-agent".into(),
+                service: None,
+                target_port: None,
+                node_port: None,
+                exposures: Vec::new(),
+                local: None,
+                target: None,
+            },
+        );
+        o.status = Some(OperatorPortStatus {
+            agents,
+            ..Default::default()
+        });
+        o
+    }
+
+    fn entry(name: &str, tunnel: &str, seen: SystemTime) -> AgentStatus {
+        AgentStatus {
+            name: name.into(),
+            tunnel: tunnel.into(),
+            active_connections: 2,
+            last_error: Some("e".into()).filter(|_| tunnel != "Up"),
+            version: Some("0.1.0".into()),
+            last_seen: Some(Time(Timestamp::try_from(seen).unwrap())),
+        }
+    }
+
+    #[test]
+    fn a_restart_keeps_the_entries_written_before_it() {
+        let ten_s_ago = SystemTime::now() - Duration::from_secs(10);
+        let objects = [operator_port(
+            "kube-apiserver",
+            vec![
+                entry("panda", "Up", ten_s_ago),
+                entry("mini", "Down", ten_s_ago),
+            ],
+        )];
+        let mut registry = AgentRegistry::default();
+        // "mini" reported to this controller before the seed: its own report wins.
+        registry.record(pb::AgentReport {
+            agent: "mini".into(),
+            version: "0.2.0".into(),
+            tunnels: vec![pb::TunnelReport {
+                forward: "kube-apiserver".into(),
+                state: pb::TunnelState::Up as i32,
+                ..Default::default()
+            }],
+            host_ports: Vec::new(),
+        });
+        registry.seed(objects.iter());
+        let reports = registry.reports();
+        let by_agent = |a: &str| reports.tunnels.iter().find(|t| t.agent == a).unwrap();
+        let panda = by_agent("panda");
+        assert_eq!(
+            (panda.state.as_str(), panda.forward.as_str()),
+            ("Up", "kube-apiserver")
+        );
+        assert_eq!(panda.active_connections, 2);
+        assert_eq!(
+            panda.last_seen.map(|t| t.as_second()),
+            Some(Timestamp::try_from(ten_s_ago).unwrap().as_second()),
+            "lastSeen is kept, not renewed"
+        );
+        assert_eq!(by_agent("mini").version, "0.2.0");
+        // The seeded entry goes stale 20 s from now (TTL 30 s).
+        let expiry = registry.next_expiry(Duration::from_secs(30)).unwrap();
+        let left = expiry.duration_since(SystemTime::now()).unwrap();
+        assert!(left <= Duration::from_secs(20), "{left:?}");
+    }
+
+    #[test]
+    fn entries_older_than_a_day_are_not_seeded() {
+        let old = SystemTime::now() - FORGET_AFTER - Duration::from_secs(1);
+        let objects = [operator_port(
+            "kube-apiserver",
+            vec![entry("gone", "Up", old)],
+        )];
+        let mut registry = AgentRegistry::default();
+        registry.seed(objects.iter());
+        assert!(registry.reports().tunnels.is_empty());
+        assert_eq!(registry.next_expiry(Duration::from_secs(30)), None);
+    }
 }

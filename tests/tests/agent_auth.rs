@@ -204,7 +204,7 @@ fn enroll_through_the_tunnel_and_the_running_agent_picks_the_token_up() {
         &scoped_config(
             SCOPE,
             &format!(
-                "operatorPorts:\n- {{name: {port}, local: '127.0.0.1:{listen}', target: '{apiserver}'}}\nagents: {{namespace: {SCOPE}}}\n"
+                "operatorPorts:\n- {{name: {port}, local: '127.0.0.1:{listen}', target: '{apiserver}'}}\nagents: {{namespace: {SCOPE}, ttlSeconds: 3}}\n"
             ),
         ),
     );
@@ -281,4 +281,11 @@ fn enroll_through_the_tunnel_and_the_running_agent_picks_the_token_up() {
     for log in [agent.log(), controller.log_text()] {
         assert!(!log.contains(written.trim()), "a token reached a log");
     }
+
+    // The agent dies: its entry stays, stale, and Ready leaves True.
+    drop(agent);
+    let o = scope.wait_oport(&port, "Ready Unknown once the agent is gone", |o| {
+        portplane_e2e::controller::condition(o, "Ready").is_some_and(|c| c["status"] == "Unknown")
+    });
+    assert_eq!(names(&o), ["laptop"]);
 }

@@ -121,7 +121,8 @@ fn annotate_reannotate_unannotate_delete_and_kubectl_get() {
             "16443",
             "127.0.0.1:16443",
             "portplane-agent",
-            "True"
+            // No agent has reported the tunnel: not known to work.
+            "Unknown"
         ],
         "{table}"
     );

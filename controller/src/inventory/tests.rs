@@ -464,10 +464,32 @@ fn agent_tunnel_reports_land_on_the_operator_port() {
             state: "Up".into(),
             active_connections: 3,
             last_error: None,
+            version: "0.1.0".into(),
+            last_seen: Some(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap()),
         }],
     };
-    let d = desired_inventory(&[], &ProxyIndex::new(), &reports, &Config::default());
+    let mut d = desired_inventory(&[], &ProxyIndex::new(), &reports, &Config::default());
     assert_eq!(d["kube-apiserver"].agents.len(), 1);
     assert_eq!(d["kube-apiserver"].agents[0].tunnel, "Up");
+    assert_eq!(
+        d["kube-apiserver"].agents[0].version.as_deref(),
+        Some("0.1.0")
+    );
     assert!(d["talos-api"].agents.is_empty());
+
+    // Health: Up 10 s ago is Ready; nobody at all is Unknown; runtime
+    // ports have no tunnel health.
+    let now = k8s_openapi::jiff::Timestamp::from_second(1010).unwrap();
+    super::assess_health(&mut d, now, std::time::Duration::from_secs(30));
+    let health = |name: &str| d[name].health.as_ref().map(|h| h.status);
+    assert_eq!(health("kube-apiserver"), Some("True"));
+    assert_eq!(health("talos-api"), Some("Unknown"));
+    let wanted = crate::conditions::wanted_with_health(
+        &d["talos-api"].findings,
+        d["talos-api"].health.as_ref(),
+    );
+    assert_eq!(
+        (wanted[0].status, wanted[0].reason.as_str()),
+        ("Unknown", "NoAgentReport")
+    );
 }

@@ -139,7 +139,17 @@ async fn reconcile_loop(
         _ = shutdown.wait_for(|s| *s) => return,
     }
     ready.store(true, Ordering::Relaxed);
+    // Agent entries a previous controller wrote stay (stale by lastSeen)
+    // until the agents report here.
+    {
+        let objects = ctx.stores.operator_ports.state();
+        ctx.agents
+            .write()
+            .await
+            .seed(objects.iter().map(|o| o.as_ref()));
+    }
     tracing::info!("watches synced; ready");
+    let ttl = Duration::from_secs(ctx.config.agents.ttl_seconds);
 
     let mut leader = ctx.leader.clone();
     let mut resync = tokio::time::interval(Duration::from_secs(ctx.config.resync_seconds));
@@ -164,6 +174,15 @@ async fn reconcile_loop(
                 None => std::future::pending().await,
             }
         };
+        // When the next agent report goes stale, Ready may change with no
+        // event to say so: reconcile then (a little after, so it is stale).
+        let expiry = ctx.agents.read().await.next_expiry(ttl);
+        let stale = async {
+            match expiry.and_then(|e| e.duration_since(std::time::SystemTime::now()).ok()) {
+                Some(d) => tokio::time::sleep(d + Duration::from_millis(50)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ctx.trigger.notified() => {
                 // Coalesce a burst of watch events into one pass.
@@ -172,6 +191,7 @@ async fn reconcile_loop(
             _ = resync.tick() => {}
             _ = leader.changed() => {}
             _ = retry => {}
+            _ = stale => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
@@ -193,12 +213,18 @@ async fn reconcile_once(ctx: &Context) -> Result<(), Error> {
     let reports = ctx.agents.read().await.reports();
     // Shared with the gRPC stream rather than copied: at 10,000 ports a copy
     // is megabytes.
-    let desired = Arc::new(inventory::desired_inventory(
+    let mut desired = inventory::desired_inventory(
         services.iter().map(|s| s.as_ref()),
         &proxies,
         &reports,
         &ctx.config,
-    ));
+    );
+    inventory::assess_health(
+        &mut desired,
+        k8s_openapi::jiff::Timestamp::now(),
+        Duration::from_secs(ctx.config.agents.ttl_seconds),
+    );
+    let desired = Arc::new(desired);
     drop(services);
     ctx.metrics
         .inventory_size
