@@ -36,6 +36,23 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// Host agents: who they are and how long their reports count.
     pub agents: AgentsConfig,
+    /// Serve the agents' gRPC over TLS with this certificate (PEM files;
+    /// the chart mounts them from a Secret).
+    pub grpc_tls: Option<GrpcTls>,
+    /// Allow plaintext gRPC on a non-loopback `grpcListen` (tokens would
+    /// cross the network in the clear); without it the controller refuses
+    /// to start that way.
+    pub insecure: bool,
+}
+
+/// The gRPC serving certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key of the leaf.
+    pub key_file: std::path::PathBuf,
 }
 
 /// Host agents' identities and reports.
@@ -113,6 +130,8 @@ impl Default for Config {
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             agents: AgentsConfig::default(),
+            grpc_tls: None,
+            insecure: false,
         }
     }
 }
@@ -237,6 +256,19 @@ impl Config {
     }
 }
 
+/// The rule for plaintext gRPC: only on a loopback listener (tests,
+/// `kubectl port-forward`), or with an explicit `insecure: true`.
+pub fn check_plaintext(listen: SocketAddr, tls: bool, insecure: bool) -> Result<(), String> {
+    if tls || insecure || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "grpcListen {listen}: refusing plaintext gRPC on a non-loopback address (agent tokens \
+         would cross the network in the clear); configure grpcTls (certFile, keyFile; the chart \
+         does by default) or set insecure: true"
+    ))
+}
+
 /// Split "host:port" (IPv6 in brackets).
 pub fn parse_target(target: &str) -> Result<(String, u16), String> {
     if let Ok(addr) = target.parse::<SocketAddr>() {
@@ -309,6 +341,28 @@ mod tests {
         let err = Config::parse("operatorPorts:\n- {name: a, local: '127.0.0.1:1', target: 'h'}\n")
             .unwrap_err();
         assert!(err.contains("operatorPorts[0].target"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_or_when_insecure() {
+        let any: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let err = check_plaintext(any, false, false).unwrap_err();
+        assert!(
+            err.contains("grpcListen 0.0.0.0:50051") && err.contains("grpcTls"),
+            "{err}"
+        );
+        assert!(check_plaintext(lo, false, false).is_ok());
+        assert!(check_plaintext(any, true, false).is_ok());
+        assert!(check_plaintext(any, false, true).is_ok());
+        let config = Config::parse(
+            "grpcTls: {certFile: /tls/tls.crt, keyFile: /tls/tls.key}\ninsecure: false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.grpc_tls.unwrap().cert_file,
+            std::path::PathBuf::from("/tls/tls.crt")
+        );
     }
 
     #[test]

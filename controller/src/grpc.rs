@@ -326,19 +326,56 @@ impl PortInventory for Service {
     }
 }
 
-/// Bind now, serve until `shutdown`.
+/// The TLS config for `grpcTls`: both PEM files read now, so a missing or
+/// unreadable one stops the start naming it.
+pub fn server_tls(
+    tls: &crate::config::GrpcTls,
+) -> Result<tonic::transport::ServerTlsConfig, Error> {
+    let read = |path: &std::path::Path, what: &str| {
+        let pem = std::fs::read(path).map_err(|e| Error::Tls {
+            path: path.into(),
+            message: format!("cannot read the {what}: {e}"),
+        })?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN ") {
+            return Err(Error::Tls {
+                path: path.into(),
+                message: format!("expected a PEM {what}"),
+            });
+        }
+        Ok(pem)
+    };
+    let cert = read(&tls.cert_file, "certificate")?;
+    let key = read(&tls.key_file, "private key")?;
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key)))
+}
+
+/// What the gRPC service shares with the rest of the controller.
+pub struct Shared {
+    pub agents: Arc<RwLock<AgentRegistry>>,
+    /// Wakes the reconcile loop after a report.
+    pub trigger: Arc<Notify>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Bind now, serve until `shutdown`; over TLS when `tls` is given.
 pub async fn serve(
     addr: SocketAddr,
     inventory: watch::Receiver<Published>,
-    agents: Arc<RwLock<AgentRegistry>>,
-    trigger: Arc<Notify>,
-    auth: Arc<Authenticator>,
-    metrics: Arc<Metrics>,
+    shared: Shared,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Listen { addr, source })?;
+    let Shared {
+        agents,
+        trigger,
+        auth,
+        metrics,
+    } = shared;
     let service = Service {
         inventory,
         agents,
@@ -347,7 +384,11 @@ pub async fn serve(
         metrics,
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    Ok(tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(builder
         .add_service(PortInventoryServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown))
 }

@@ -152,6 +152,20 @@ pub struct ControllerSection {
     /// there); used by `enroll`.
     #[serde(default = "default_controller_namespace")]
     pub namespace: String,
+    /// CA that signs the controller's certificate (PEM); used for https://
+    /// endpoints when the file exists, else the system roots. `enroll`
+    /// writes it from the ConfigMap `ca_configmap`.
+    #[serde(default = "default_ca_file")]
+    pub ca_file: Option<PathBuf>,
+    /// ConfigMap (in `namespace`, key `ca.crt`) the chart publishes its CA in.
+    #[serde(default = "default_ca_configmap")]
+    pub ca_configmap: String,
+    /// The name the controller's certificate must carry, when it is not the
+    /// endpoint's host (e.g. dialing through a port-forward).
+    pub tls_server_name: Option<String>,
+    /// Allow http:// to a non-loopback host (the token travels in the clear).
+    #[serde(default)]
+    pub insecure: bool,
     /// Where the last inventory is cached, so runtime ports are refused even
     /// when the controller is away.
     #[serde(default = "default_inventory_cache")]
@@ -196,6 +210,9 @@ impl AgentConfig {
         if let Some(c) = self.controller.as_mut() {
             c.inventory_cache = expand_tilde(&c.inventory_cache, home);
             if let Some(t) = c.token_file.as_mut() {
+                *t = expand_tilde(t, home);
+            }
+            if let Some(t) = c.ca_file.as_mut() {
                 *t = expand_tilde(t, home);
             }
         }
@@ -263,6 +280,8 @@ impl AgentConfig {
             }
         }
         if let Some(c) = &self.controller {
+            crate::link_tls::check_endpoint(&c.endpoint, c.insecure)
+                .map_err(|problem| invalid("controller.endpoint".into(), problem))?;
             let ok = !c.namespace.is_empty()
                 && c.namespace.len() <= 63
                 && c.namespace
@@ -470,6 +489,14 @@ fn default_talos_node() -> String {
 }
 fn default_token_file() -> Option<PathBuf> {
     Some(PathBuf::from("~/.config/portplane/agent-token"))
+}
+
+fn default_ca_file() -> Option<PathBuf> {
+    Some(PathBuf::from("~/.config/portplane/controller-ca.crt"))
+}
+
+fn default_ca_configmap() -> String {
+    "portplane-controller-agent-ca".into()
 }
 
 fn default_controller_namespace() -> String {

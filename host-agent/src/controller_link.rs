@@ -99,7 +99,7 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
     let bearer = bearer(controller)?;
-    let channel = tonic::transport::Endpoint::from_shared(controller.endpoint.clone())
+    let channel = crate::link_tls::endpoint(controller)
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect()
         .await

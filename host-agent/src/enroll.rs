@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -59,6 +59,8 @@ pub struct Enrolled {
     pub created: bool,
     pub token_file: PathBuf,
     pub expires: Option<SystemTime>,
+    /// Where the controller's CA was written, or why it was not.
+    pub ca: Result<PathBuf, String>,
 }
 
 impl std::fmt::Display for Enrolled {
@@ -78,7 +80,10 @@ impl std::fmt::Display for Enrolled {
         {
             write!(f, ", valid for {} days", exp.as_secs() / 86_400)?;
         }
-        Ok(())
+        match &self.ca {
+            Ok(path) => write!(f, "; controller CA written to {}", path.display()),
+            Err(why) => write!(f, "; controller CA not written: {why}"),
+        }
     }
 }
 
@@ -182,13 +187,47 @@ pub async fn enroll(
             ))
         })?;
     token::write(&token_file, &value)?;
+    let ca = match &controller.ca_file {
+        Some(path) => {
+            let configmaps: Api<ConfigMap> = Api::namespaced(api.into_client(), &namespace);
+            write_ca(&configmaps, &controller.ca_configmap, path).await
+        }
+        None => Err("no [controller] ca_file".into()),
+    };
     Ok(Enrolled {
         service_account,
         namespace,
         created,
         token_file,
         expires: token::expiry(&value),
+        ca,
     })
+}
+
+/// Copy `ca.crt` of the chart's ConfigMap `name` to `path`. Not fatal when
+/// absent: a controller certificate from a public CA needs none.
+async fn write_ca(
+    configmaps: &Api<ConfigMap>,
+    name: &str,
+    path: &std::path::Path,
+) -> Result<PathBuf, String> {
+    let found = configmaps
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read ConfigMap {name}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "no ConfigMap {name} (the chart publishes it when it serves TLS); \
+                 the controller's certificate must then chain to a system root"
+            )
+        })?;
+    let pem = found
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
+        .ok_or_else(|| format!("ConfigMap {name} has no PEM ca.crt"))?;
+    token::write_file(path, &pem).map_err(|e| e.to_string())?;
+    Ok(path.to_path_buf())
 }
 
 /// A client with the credentials of the kubeconfig the agent rewrites, on

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod controller_link;
 pub mod enroll;
+pub mod link_tls;
 pub mod ownership;
 pub mod rewrite;
 pub mod run;

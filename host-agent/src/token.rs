@@ -99,6 +99,11 @@ pub fn expiry_warning(token: &str, now: SystemTime) -> Option<String> {
 /// Replace `path` with `token`, mode 0600, atomically (temp file in the
 /// same folder, fsync, rename); the folder is created 0700 when missing.
 pub fn write(path: &Path, token: &str) -> Result<(), TokenError> {
+    write_file(path, &format!("{}\n", token.trim()))
+}
+
+/// [`write`] for any text (the controller's CA), written as given.
+pub fn write_file(path: &Path, text: &str) -> Result<(), TokenError> {
     let err = |source| TokenError::Write {
         path: path.into(),
         source,
@@ -125,8 +130,7 @@ pub fn write(path: &Path, token: &str) -> Result<(), TokenError> {
             .open(&temp)?;
         // An existing temp file keeps its mode through open(); force it.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(token.as_bytes())?;
-        file.write_all(b"\n")?;
+        file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;
         std::fs::File::open(dir)?.sync_all()

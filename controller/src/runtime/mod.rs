@@ -41,6 +41,14 @@ pub struct Context {
 
 /// Run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
+    // Before anything starts: no token ever crosses a network in the clear.
+    crate::config::check_plaintext(
+        config.grpc_listen,
+        config.grpc_tls.is_some(),
+        config.insecure,
+    )
+    .map_err(Error::Plaintext)?;
+    let tls = config.grpc_tls.as_ref().map(grpc::server_tls).transpose()?;
     let client = Client::try_default().await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -87,10 +95,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let grpc = grpc::serve(
         config.grpc_listen,
         inventory_rx,
-        agents.clone(),
-        trigger.clone(),
-        auth,
-        metrics.clone(),
+        grpc::Shared {
+            agents: agents.clone(),
+            trigger: trigger.clone(),
+            auth,
+            metrics: metrics.clone(),
+        },
+        tls,
         until(shutdown.clone()),
     )
     .await?;
