@@ -33,15 +33,16 @@ fn ready_follows_fresh_reports_and_a_restart_keeps_the_entries() {
     let plane = ControlPlane::shared();
     let scope = Scope::new(plane, SCOPE);
     let local = free_port().unwrap();
-    let mut controller = Controller::start(
-        plane,
-        &scoped_config(
-            SCOPE,
-            &format!(
-                "operatorPorts:\n- {{name: {PORT}, local: '127.0.0.1:{local}', target: '10.5.0.2:6443'}}\nagents: {{namespace: {SCOPE}, ttlSeconds: {TTL_SECONDS}}}\n"
-            ),
+    // A resync far away: going stale must wake the controller by itself.
+    let config = scoped_config(
+        SCOPE,
+        &format!(
+            "operatorPorts:\n- {{name: {PORT}, local: '127.0.0.1:{local}', target: '10.5.0.2:6443'}}\nagents: {{namespace: {SCOPE}, ttlSeconds: {TTL_SECONDS}}}\n"
         ),
-    );
+    )
+    .replace("resyncSeconds: 2\n", "resyncSeconds: 600\n");
+    assert!(config.contains("resyncSeconds: 600"), "{config}");
+    let mut controller = Controller::start(plane, &config);
     // No agent has ever reported: Unknown, not True.
     let o = scope.wait_oport(PORT, "Ready Unknown", |o| ready(o).0 == "Unknown");
     assert_eq!(ready(&o).1, "NoAgentReport");
