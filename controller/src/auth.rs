@@ -206,6 +206,20 @@ impl Authenticator {
 
     /// The agent name `token` stands for.
     pub async fn agent(&self, token: &str) -> Result<String, AuthError> {
+        // ServiceAccount tokens are JWTs (three base64url parts); anything
+        // else is refused without costing the API server a TokenReview.
+        let parts: Vec<&str> = token.split('.').collect();
+        let base64url = |p: &&str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+        };
+        if parts.len() != 3 || !parts.iter().all(base64url) {
+            return Err(AuthError::Unauthenticated(
+                "not a ServiceAccount token (expected a JWT); portplane-agent enroll writes one"
+                    .into(),
+            ));
+        }
         if let Some(hit) = self.cached(token) {
             return hit;
         }
@@ -299,13 +313,13 @@ mod tests {
             calls.fetch_add(1, Ordering::Relaxed);
             Box::pin(async move {
                 Ok(match token.as_str() {
-                    "good" => Reviewed {
+                    "good.x.y" => Reviewed {
                         authenticated: true,
                         username: "system:serviceaccount:portplane:portplane-agent-panda".into(),
                         audiences: vec![audience],
                         error: String::new(),
                     },
-                    "other-audience" => Reviewed {
+                    "other.audience.z" => Reviewed {
                         authenticated: true,
                         username: "system:serviceaccount:portplane:portplane-agent-panda".into(),
                         audiences: vec!["https://kubernetes.default.svc".into()],
@@ -377,7 +391,7 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let a = auth(calls.clone());
         for _ in 0..10 {
-            assert_eq!(a.agent("good").await, Ok("panda".into()));
+            assert_eq!(a.agent("good.x.y").await, Ok("panda".into()));
         }
         assert_eq!(calls.load(Ordering::Relaxed), 1);
         assert_eq!(a.metrics.token_reviews.load(Ordering::Relaxed), 1);
@@ -388,15 +402,23 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let a = auth(calls.clone());
         assert!(matches!(
-            a.agent("forged").await,
+            a.agent("forged.x.y").await,
             Err(AuthError::Unauthenticated(_))
         ));
         assert!(matches!(
-            a.agent("other-audience").await,
+            a.agent("other.audience.z").await,
             Err(AuthError::Unauthenticated(_))
         ));
         // Negative results are cached too (briefly).
-        let _ = a.agent("forged").await;
+        let _ = a.agent("forged.x.y").await;
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        // Not even shaped like a JWT: refused without a review.
+        for junk in ["forged", "a.b", "a.b.c.d", "a.b c.d", "a..b"] {
+            assert!(matches!(
+                a.agent(junk).await,
+                Err(AuthError::Unauthenticated(_))
+            ));
+        }
         assert_eq!(calls.load(Ordering::Relaxed), 2);
     }
 
@@ -416,10 +438,10 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         assert!(matches!(
-            a.agent("good").await,
+            a.agent("good.x.y").await,
             Err(AuthError::Unavailable(_))
         ));
-        let _ = a.agent("good").await;
+        let _ = a.agent("good.x.y").await;
         assert_eq!(calls.load(Ordering::Relaxed), 2);
     }
 
@@ -428,7 +450,7 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let a = auth(calls);
         for i in 0..(CACHE_ENTRIES * 3) {
-            let _ = a.agent(&format!("stranger-{i}")).await;
+            let _ = a.agent(&format!("stranger.{i}.x")).await;
         }
         assert!(a.cache.lock().unwrap().len() <= CACHE_ENTRIES);
     }

@@ -239,6 +239,8 @@ struct Service {
     trigger: Arc<Notify>,
     auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
+    /// Unix second of the last refusal logged at info.
+    last_refusal_logged: std::sync::atomic::AtomicU64,
 }
 
 impl Service {
@@ -269,7 +271,20 @@ impl Service {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::info!(call, %peer, reason = %e, "agent call refused");
+        // Strangers must not be able to flood the log: one line per second
+        // at info, the rest at debug (the metric counts every one).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let last = self
+            .last_refusal_logged
+            .swap(now, std::sync::atomic::Ordering::Relaxed);
+        if last != now {
+            tracing::info!(call, %peer, reason = %e, "agent call refused");
+        } else {
+            tracing::debug!(call, %peer, reason = %e, "agent call refused");
+        }
         e.into()
     }
 }
@@ -382,6 +397,7 @@ pub async fn serve(
         trigger,
         auth,
         metrics,
+        last_refusal_logged: std::sync::atomic::AtomicU64::new(0),
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut builder = tonic::transport::Server::builder();
