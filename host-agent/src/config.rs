@@ -49,6 +49,49 @@ pub struct AgentConfig {
     #[serde(default)]
     pub talosconfig: TalosconfigSection,
     pub controller: Option<ControllerSection>,
+    #[serde(default)]
+    pub docker: DockerSection,
+}
+
+/// The VM's Docker port maps, read over SSH and reported to the controller
+/// (only while `[controller]` is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Container whose port maps count; default the Talos node container,
+    /// `<[kubeconfig] cluster>-controlplane-1`.
+    pub container: Option<String>,
+    /// The docker CLI on the VM, run through its shell (may carry flags,
+    /// e.g. "docker -H unix:///run/docker.sock").
+    #[serde(default = "default_docker_command")]
+    pub command: String,
+    #[serde(default = "default_docker_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        DockerSection {
+            enabled: true,
+            container: None,
+            command: default_docker_command(),
+            interval: default_docker_interval(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_docker_command() -> String {
+    "docker".into()
+}
+
+fn default_docker_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +367,7 @@ impl Default for AgentConfig {
             kubeconfig: KubeconfigSection::default(),
             talosconfig: TalosconfigSection::default(),
             controller: None,
+            docker: DockerSection::default(),
         };
         config.expand_home(&home_dir());
         config

@@ -31,6 +31,8 @@ pub struct TunnelStatus {
     pub served: Vec<(Forward, Arc<AtomicU32>)>,
     /// Forwards refused by the ownership rule, with the reason.
     pub refused: Vec<(Forward, String)>,
+    /// The VM's Docker port maps, as last read (`docker_ports`).
+    pub host_ports: crate::docker_ports::HostPorts,
 }
 
 impl TunnelStatus {
@@ -66,7 +68,11 @@ impl TunnelStatus {
             agent: agent.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             tunnels,
-            host_ports: Vec::new(),
+            host_ports: self
+                .host_ports
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod controller_link;
+pub mod docker_ports;
 pub mod enroll;
 pub mod link_tls;
 pub mod ownership;

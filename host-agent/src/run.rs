@@ -45,10 +45,19 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
         served.push((forward.clone(), active.clone()));
         tokio::spawn(listener::serve(shared.clone(), forward, listener, active));
     }
+    let host_ports = crate::docker_ports::HostPorts::default();
+    if config.controller.is_some() && config.docker.enabled {
+        tokio::spawn(crate::docker_ports::keep_polling(
+            config.clone(),
+            pool_config(&config),
+            host_ports.clone(),
+        ));
+    }
     let status = Arc::new(TunnelStatus {
         pool: shared.pool.clone(),
         served,
         refused,
+        host_ports,
     });
     tokio::spawn(controller_link::keep_in_touch(config.clone(), status));
     // Never fatal and never in the tunnel's way: it logs its own problems.

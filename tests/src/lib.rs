@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod cluster;
 pub mod controller;
+pub mod docker;
 pub mod procfs;
 pub mod sshd;
 

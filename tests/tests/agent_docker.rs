@@ -1,0 +1,87 @@
+//! Host facts from real Docker: a real dockerd runs a container named like
+//! the Talos node with the seed's port maps (published on 127.0.0.3 of their
+//! own; no network is attached and no traffic goes to them), the real agent
+//! runs `docker inspect` on the "VM" over SSH through the real sshd, reports
+//! the maps, and the real controller shows the PDS's host endpoint
+//! `127.0.0.1:9627` (seed: Mac 9627 -> container 3000 -> NodePort 3000).
+
+mod tunnel_support;
+
+use std::time::Duration;
+
+use portplane_e2e::agents::{agent_token, write_token};
+use portplane_e2e::cluster::ControlPlane;
+use portplane_e2e::controller::{Controller, Scope, scoped_config};
+use portplane_e2e::docker::Docker;
+use portplane_e2e::sshd::Sshd;
+use tunnel_support::{Agent, config_for, echo_server, listen_port};
+
+const SCOPE: &str = "agdk";
+
+#[test]
+fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
+    let docker = Docker::start().unwrap();
+    docker
+        .talos_node(
+            "agdk-controlplane-1",
+            &["127.0.0.3:9627:3000", "127.0.0.3:6379:6379"],
+        )
+        .unwrap_or_else(|e| panic!("{e}\ndockerd log:\n{}", docker.log()));
+
+    let plane = ControlPlane::shared();
+    let scope = Scope::new(plane, SCOPE);
+    let (listen, echo) = (listen_port(), echo_server());
+    let controller = Controller::start(
+        plane,
+        &scoped_config(
+            SCOPE,
+            &format!(
+                "operatorPorts:\n- {{name: agdk-kube-apiserver, local: '127.0.0.1:{listen}', target: '127.0.0.1:{echo}'}}\nagents: {{namespace: {SCOPE}}}\n"
+            ),
+        ),
+    );
+    scope.apply(&scope.service_yaml("bluesky-pds", "NodePort", &[(3000, Some(3000))], &[]));
+    let o = scope.wait_oport("agdk.bluesky-pds.3000", "published", |_| true);
+    assert_eq!(o["spec"]["endpoint"], "node:3000", "no host facts yet");
+
+    let sshd = Sshd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = write_token(dir.path(), &agent_token(plane, SCOPE, "laptop"));
+    let config = config_for(
+        &sshd,
+        &[("agdk-kube-apiserver", listen, format!("127.0.0.1:{echo}"))],
+        "",
+    )
+    .replace("name = \"test\"", "name = \"laptop\"")
+        + &format!(
+            "[controller]\nendpoint = \"http://127.0.0.1:{}\"\ntoken_file = \"{}\"\ninventory_cache = \"{}\"\n\
+             [docker]\ncontainer = \"agdk-controlplane-1\"\ncommand = \"docker -H {}\"\ninterval = \"1s\"\n",
+            controller.grpc_port,
+            token.display(),
+            dir.path().join("inventory.json").display(),
+            docker.host()
+        );
+    let agent = Agent::start(&config);
+    let o = std::panic::catch_unwind(|| {
+        scope.wait_oport("agdk.bluesky-pds.3000", "the host endpoint", |o| {
+            o["spec"]["endpoint"] == "127.0.0.1:9627"
+        })
+    })
+    .unwrap_or_else(|_| panic!("agent log:\n{}", agent.log()));
+    assert_eq!(o["spec"]["exposures"][0]["hostPort"], 9627, "{o}");
+    assert_eq!(o["spec"]["nodePort"], 3000);
+
+    // The container is gone: the agent says so (once) and keeps the last
+    // maps rather than reporting none.
+    docker.docker(&["rm", "-f", "agdk-controlplane-1"]).unwrap();
+    agent.wait_log(
+        "cannot read the VM's docker port maps",
+        1,
+        Duration::from_secs(20),
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("No such object") || log.contains("no such"),
+        "{log}"
+    );
+}
