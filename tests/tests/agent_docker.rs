@@ -41,6 +41,8 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
         ),
     );
     scope.apply(&scope.service_yaml("bluesky-pds", "NodePort", &[(3000, Some(3000))], &[]));
+    // No Docker map for this one.
+    scope.apply(&scope.service_yaml("typesense", "NodePort", &[(8108, Some(8108))], &[]));
     let o = scope.wait_oport("agdk.bluesky-pds.3000", "published", |_| true);
     assert_eq!(o["spec"]["endpoint"], "node:3000", "no host facts yet");
 
@@ -70,6 +72,21 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
     .unwrap_or_else(|_| panic!("agent log:\n{}", agent.log()));
     assert_eq!(o["spec"]["exposures"][0]["hostPort"], 9627, "{o}");
     assert_eq!(o["spec"]["nodePort"], 3000);
+    let t = scope.wait_oport("agdk.typesense.8108", "NoHostPort", |o| {
+        portplane_e2e::controller::condition(o, "NoHostPort").is_some_and(|c| c["status"] == "True")
+    });
+    let message = portplane_e2e::controller::condition(&t, "NoHostPort").unwrap()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("NodePort 8108") && message.contains("laptop"),
+        "{message}"
+    );
+    assert!(
+        portplane_e2e::controller::condition(&o, "NoHostPort").is_none(),
+        "the mapped PDS is not flagged: {o}"
+    );
 
     // The container is gone: the agent says so (once) and keeps the last
     // maps rather than reporting none.

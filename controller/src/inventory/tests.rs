@@ -176,6 +176,65 @@ fn pds_asymmetric_mapping_uses_the_agent_reported_host_port() {
 }
 
 #[test]
+fn a_node_port_without_a_docker_map_is_flagged_once_docker_facts_exist() {
+    // The seed's Docker maps, less typesense's.
+    let mut reports = AgentReports::default();
+    for (host, container) in [
+        (6379, 6379),
+        (7880, 7880),
+        (7881, 7881),
+        (8288, 8288),
+        (8289, 8289),
+        (3111, 3111),
+        (9627, 3000),
+    ] {
+        reports
+            .host_ports
+            .extend(agent_maps_host_port(host, container).host_ports);
+    }
+    let d = desired_inventory(
+        &seed_node_ports(),
+        &ProxyIndex::new(),
+        &reports,
+        &no_operator_ports(),
+    );
+    assert_eq!(
+        kinds(&d, "joelclaw.typesense.8108"),
+        [FindingKind::NoHostPort]
+    );
+    let message = &d["joelclaw.typesense.8108"].findings[0].message;
+    assert!(
+        message.contains("NodePort 8108")
+            && message.contains("panda")
+            && message.contains("tailscale.com/expose"),
+        "{message}"
+    );
+    for (name, port) in d.iter().filter(|(n, _)| *n != "joelclaw.typesense.8108") {
+        assert!(port.findings.is_empty(), "{name}: {:?}", port.findings);
+    }
+    // A port the tailnet also reaches is not unreachable.
+    let exposed = service(
+        "joelclaw",
+        "typesense",
+        "NodePort",
+        &[(8108, 8108, Some(8108))],
+    );
+    let mut exposed = exposed;
+    exposed.metadata.annotations = Some(
+        [("tailscale.com/expose".to_string(), "true".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    let d = desired_inventory(
+        &[exposed],
+        &ProxyIndex::new(),
+        &reports,
+        &no_operator_ports(),
+    );
+    assert!(d["joelclaw.typesense.8108"].findings.is_empty());
+}
+
+#[test]
 fn node_ports_can_be_switched_off() {
     let config = Config {
         node_ports: false,

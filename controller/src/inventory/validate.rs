@@ -22,6 +22,9 @@ pub enum FindingKind {
     NoClusterIP,
     /// tailscale.com/expose is set to something other than exactly "true".
     ExposeAnnotationIgnored,
+    /// Reachable only by NodePort, and no agent's VM has a Docker port map
+    /// for it: unreachable from the host.
+    NoHostPort,
 }
 
 impl FindingKind {
@@ -34,6 +37,7 @@ impl FindingKind {
             FindingKind::OperatorPortClash => "OperatorPortClash",
             FindingKind::NoClusterIP => "NoClusterIP",
             FindingKind::ExposeAnnotationIgnored => "ExposeAnnotationIgnored",
+            FindingKind::NoHostPort => "NoHostPort",
         }
     }
 }
@@ -134,6 +138,38 @@ pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], config:
                 }
             }
         }
+        if let Some(finding) = no_host_port(&port.spec, host_ports) {
+            found.push(finding);
+        }
         port.findings.extend(found);
     }
+}
+
+/// A port reachable only through its NodePort, with Docker facts from at
+/// least one agent and none mapping it: nothing on the host reaches it.
+/// Without any agent's Docker facts nothing is known, so nothing is said.
+fn no_host_port(
+    spec: &crate::crd::OperatorPortSpec,
+    host_ports: &[HostPortReport],
+) -> Option<super::Finding> {
+    let node_port = spec.node_port?;
+    let only_node_port = !spec.exposures.is_empty()
+        && spec
+            .exposures
+            .iter()
+            .all(|e| e.kind == ExposureKind::NodePort && e.host_port.is_none());
+    if !only_node_port || host_ports.is_empty() {
+        return None;
+    }
+    let mut agents: Vec<&str> = host_ports.iter().map(|h| h.agent.as_str()).collect();
+    agents.dedup();
+    Some(super::Finding::new(
+        FindingKind::NoHostPort,
+        format!(
+            "NodePort {node_port} has no Docker port map on the VM of {}, so nothing on the host reaches it; \
+             Docker's port maps are fixed when the cluster is created, so expose the Service with \
+             tailscale.com/expose: \"true\" (or recreate the cluster with the map)",
+            agents.join(", ")
+        ),
+    ))
 }
