@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::Error;
 use crate::auth::{AuthError, Authenticator, bearer};
 use crate::crd::{OperatorPort, Plane};
-use crate::inventory::{AgentReports, Desired, HostPortReport, TunnelReport};
+use crate::inventory::{AgentReports, Desired, HostPortReport, SecondOwnerReport, TunnelReport};
 use crate::metrics::Metrics;
 use k8s_openapi::jiff::Timestamp;
 
@@ -140,6 +140,22 @@ impl AgentRegistry {
                         h.protocol.to_ascii_uppercase()
                     },
                 });
+            }
+            if age(*at) < REPORT_TTL {
+                for o in report.second_owners.iter().take(64) {
+                    let Ok(port) = u16::try_from(o.port) else {
+                        continue;
+                    };
+                    let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+                    out.second_owners.push(SecondOwnerReport {
+                        agent: agent.clone(),
+                        port,
+                        address: cut(&o.address, 64),
+                        pid: o.pid,
+                        process: cut(&o.process, 64),
+                        command: cut(&o.command, 256),
+                    });
+                }
             }
             for t in &report.tunnels {
                 let state = match pb::TunnelState::try_from(t.state) {
@@ -471,6 +487,7 @@ mod tests {
                 ..Default::default()
             }],
             host_ports: Vec::new(),
+            second_owners: Vec::new(),
         });
         registry.seed(objects.iter());
         let reports = registry.reports();

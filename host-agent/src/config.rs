@@ -51,6 +51,49 @@ pub struct AgentConfig {
     pub controller: Option<ControllerSection>,
     #[serde(default)]
     pub docker: DockerSection,
+    #[serde(default)]
+    pub second_owners: SecondOwnersSection,
+}
+
+/// Second owners of runtime ports on the host, reported while
+/// `[controller]` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondOwnersSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The runtime's own forwarders: a pattern without '/' is a process
+    /// name, one with '/' a part of the command line.
+    #[serde(default = "default_runtime_forwarders")]
+    pub allowed: Vec<String>,
+    #[serde(default = "default_docker_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for SecondOwnersSection {
+    fn default() -> Self {
+        SecondOwnersSection {
+            enabled: true,
+            allowed: default_runtime_forwarders(),
+            interval: default_docker_interval(),
+        }
+    }
+}
+
+/// Lima's host agent and SSH mux, Colima, Docker's proxies.
+fn default_runtime_forwarders() -> Vec<String> {
+    [
+        "limactl",
+        "colima",
+        "docker-proxy",
+        "com.docker.backend",
+        "vpnkit",
+        "/.lima/",
+        "/.colima/",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 /// The VM's Docker port maps, read over SSH and reported to the controller
@@ -368,6 +411,7 @@ impl Default for AgentConfig {
             talosconfig: TalosconfigSection::default(),
             controller: None,
             docker: DockerSection::default(),
+            second_owners: SecondOwnersSection::default(),
         };
         config.expand_home(&home_dir());
         config

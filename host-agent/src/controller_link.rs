@@ -33,6 +33,8 @@ pub struct TunnelStatus {
     pub refused: Vec<(Forward, String)>,
     /// The VM's Docker port maps, as last read (`docker_ports`).
     pub host_ports: crate::docker_ports::HostPorts,
+    /// Second owners of runtime ports, as last scanned (`second_owners`).
+    pub second_owners: crate::second_owners::SecondOwners,
 }
 
 impl TunnelStatus {
@@ -72,6 +74,11 @@ impl TunnelStatus {
                 .host_ports
                 .lock()
                 .map(|h| h.clone())
+                .unwrap_or_default(),
+            second_owners: self
+                .second_owners
+                .lock()
+                .map(|o| o.clone())
                 .unwrap_or_default(),
         }
     }

@@ -9,6 +9,7 @@ pub mod link_tls;
 pub mod ownership;
 pub mod rewrite;
 pub mod run;
+pub mod second_owners;
 pub mod ssh;
 pub mod token;
 pub mod tunnel;

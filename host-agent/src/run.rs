@@ -53,11 +53,19 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
             host_ports.clone(),
         ));
     }
+    let second_owners = crate::second_owners::SecondOwners::default();
+    if config.controller.is_some() && config.second_owners.enabled {
+        tokio::spawn(crate::second_owners::keep_scanning(
+            config.clone(),
+            second_owners.clone(),
+        ));
+    }
     let status = Arc::new(TunnelStatus {
         pool: shared.pool.clone(),
         served,
         refused,
         host_ports,
+        second_owners,
     });
     tokio::spawn(controller_link::keep_in_touch(config.clone(), status));
     // Never fatal and never in the tunnel's way: it logs its own problems.

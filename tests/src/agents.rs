@@ -112,5 +112,6 @@ pub fn up_report(agent: &str, forward: &str, active: u32) -> pb::AgentReport {
             last_error: String::new(),
         }],
         host_ports: Vec::new(),
+        second_owners: Vec::new(),
     }
 }

@@ -505,6 +505,7 @@ fn pds_asymmetric_mapping_from_an_agent_report_over_grpc() {
                     protocol: "TCP".into(),
                     host_ip: "127.0.0.1".into(),
                 }],
+                second_owners: Vec::new(),
             })
             .await
             .unwrap();

@@ -72,11 +72,23 @@ pub struct TunnelReport {
     pub last_seen: Option<Timestamp>,
 }
 
+/// A process on an agent's host listening on a runtime port it does not own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecondOwnerReport {
+    pub agent: String,
+    pub port: u16,
+    pub address: String,
+    pub pid: u32,
+    pub process: String,
+    pub command: String,
+}
+
 /// Everything host agents reported.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AgentReports {
     pub host_ports: Vec<HostPortReport>,
     pub tunnels: Vec<TunnelReport>,
+    pub second_owners: Vec<SecondOwnerReport>,
 }
 
 /// The desired inventory, keyed by object name.
@@ -113,6 +125,7 @@ pub fn desired_inventory<'a>(
         desired.insert(port.name.clone(), want);
     }
     validate::cross_check(&mut desired, &agents.host_ports, config);
+    validate::second_owners(&mut desired, agents);
     desired
 }
 

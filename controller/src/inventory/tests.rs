@@ -80,6 +80,7 @@ fn agent_maps_host_port(host: u16, container: u16) -> AgentReports {
             protocol: "TCP".into(),
         }],
         tunnels: Vec::new(),
+        second_owners: Vec::new(),
     }
 }
 
@@ -232,6 +233,43 @@ fn a_node_port_without_a_docker_map_is_flagged_once_docker_facts_exist() {
         &no_operator_ports(),
     );
     assert!(d["joelclaw.typesense.8108"].findings.is_empty());
+}
+
+#[test]
+fn a_stray_listener_on_a_node_port_is_a_second_owner_naming_host_pid_and_process() {
+    let mut reports = agent_maps_host_port(9627, 3000);
+    let stray = |port: u16, pid: u32| crate::inventory::SecondOwnerReport {
+        agent: "panda".into(),
+        port,
+        address: "127.0.0.1".into(),
+        pid,
+        process: "ssh".into(),
+        command: "ssh -N -L 6379:10.5.0.2:6379 lima-colima".into(),
+    };
+    // On the redis NodePort, and on the PDS's Docker-mapped host port.
+    reports.second_owners = vec![stray(6379, 4242), stray(9627, 4343)];
+    let d = desired_inventory(
+        &seed_node_ports(),
+        &ProxyIndex::new(),
+        &reports,
+        &no_operator_ports(),
+    );
+    let redis = &d["joelclaw.redis.6379"].findings;
+    let second: Vec<&String> = redis
+        .iter()
+        .filter(|f| f.kind == FindingKind::SecondOwner)
+        .map(|f| &f.message)
+        .collect();
+    assert_eq!(second.len(), 1, "{redis:?}");
+    assert!(
+        second[0].contains("host panda")
+            && second[0].contains("pid 4242")
+            && second[0].contains("ssh -N -L 6379"),
+        "{}",
+        second[0]
+    );
+    assert!(kinds(&d, "joelclaw.bluesky-pds.3000").contains(&FindingKind::SecondOwner));
+    assert!(!kinds(&d, "joelclaw.typesense.8108").contains(&FindingKind::SecondOwner));
 }
 
 #[test]
@@ -526,6 +564,7 @@ fn agent_tunnel_reports_land_on_the_operator_port() {
             version: "0.1.0".into(),
             last_seen: Some(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap()),
         }],
+        second_owners: Vec::new(),
     };
     let mut d = desired_inventory(&[], &ProxyIndex::new(), &reports, &Config::default());
     assert_eq!(d["kube-apiserver"].agents.len(), 1);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Desired, HostPortReport};
+use super::{AgentReports, Desired, HostPortReport};
 use crate::config::Config;
 use crate::crd::{ExposureKind, Plane};
 
@@ -25,6 +25,9 @@ pub enum FindingKind {
     /// Reachable only by NodePort, and no agent's VM has a Docker port map
     /// for it: unreachable from the host.
     NoHostPort,
+    /// A process on an agent's host that is not the runtime listens on the
+    /// port's host side.
+    SecondOwner,
 }
 
 impl FindingKind {
@@ -38,6 +41,7 @@ impl FindingKind {
             FindingKind::NoClusterIP => "NoClusterIP",
             FindingKind::ExposeAnnotationIgnored => "ExposeAnnotationIgnored",
             FindingKind::NoHostPort => "NoHostPort",
+            FindingKind::SecondOwner => "SecondOwner",
         }
     }
 }
@@ -172,4 +176,39 @@ fn no_host_port(
             agents.join(", ")
         ),
     ))
+}
+
+/// A second owner on a host holds the port's host side: its NodePort, or
+/// the host port a Docker map publishes it on.
+pub fn second_owners(desired: &mut Desired, agents: &AgentReports) {
+    if agents.second_owners.is_empty() {
+        return;
+    }
+    for port in desired.values_mut() {
+        if port.spec.plane != Plane::Runtime || port.spec.protocol != "TCP" {
+            continue;
+        }
+        let Some(node_port) = port.spec.node_port else {
+            continue;
+        };
+        for o in &agents.second_owners {
+            let mapped = agents.host_ports.iter().any(|h| {
+                h.agent == o.agent
+                    && h.protocol == "TCP"
+                    && i32::from(h.container_port) == node_port
+                    && h.host_port == o.port
+            });
+            if i32::from(o.port) != node_port && !mapped {
+                continue;
+            }
+            port.findings.push(super::Finding::new(
+                FindingKind::SecondOwner,
+                format!(
+                    "on host {}, {}:{} is held by pid {} ({}: {}), not by the runtime's forwarders; \
+                     a second owner of this port (a stray ssh -L or an old tunnel daemon?): stop it",
+                    o.agent, o.address, o.port, o.pid, o.process, o.command
+                ),
+            ));
+        }
+    }
 }
