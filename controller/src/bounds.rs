@@ -99,6 +99,13 @@ pub fn cap_report(report: &mut pb::AgentReport) {
         truncate_in_place(&mut h.protocol, MAX_SHORT);
         truncate_in_place(&mut h.host_ip, MAX_SHORT);
     }
+    // Second owners name processes; as many as host ports can exist.
+    report.second_owners.truncate(MAX_HOST_PORTS_PER_REPORT);
+    for o in &mut report.second_owners {
+        truncate_in_place(&mut o.address, MAX_SHORT);
+        truncate_in_place(&mut o.process, MAX_SHORT);
+        truncate_in_place(&mut o.command, MAX_MESSAGE);
+    }
 }
 
 /// Cap every object of the desired inventory (spec and what goes into its
@@ -143,6 +150,8 @@ fn cap_agents(agents: &mut Vec<AgentStatus>) {
             tunnel: "Omitted".into(),
             active_connections: 0,
             last_error: None,
+            version: None,
+            last_seen: None,
         });
     }
     for a in agents {
@@ -150,6 +159,9 @@ fn cap_agents(agents: &mut Vec<AgentStatus>) {
         truncate_in_place(&mut a.tunnel, MAX_SHORT);
         if let Some(e) = &mut a.last_error {
             truncate_in_place(e, MAX_MESSAGE);
+        }
+        if let Some(v) = &mut a.version {
+            truncate_in_place(v, MAX_SHORT);
         }
     }
 }
@@ -181,8 +193,17 @@ mod tests {
                 })
                 .collect(),
             host_ports: vec![pb::HostPort::default(); 100_000],
+            second_owners: vec![
+                pb::SecondOwner {
+                    command: "c".repeat(100_000),
+                    ..Default::default()
+                };
+                100_000
+            ],
         };
         cap_report(&mut report);
+        assert_eq!(report.second_owners.len(), MAX_HOST_PORTS_PER_REPORT);
+        assert!(report.second_owners[0].command.len() <= MAX_MESSAGE);
         assert!(report.agent.len() <= MAX_NAME);
         assert_eq!(report.tunnels.len(), MAX_TUNNELS_PER_REPORT);
         assert!(
@@ -207,6 +228,8 @@ mod tests {
                 tunnel: "Up".into(),
                 active_connections: 0,
                 last_error: Some("e".repeat(5000)),
+                version: None,
+                last_seen: None,
             })
             .collect();
         cap_agents(&mut agents);

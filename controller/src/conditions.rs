@@ -6,6 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{AgentStatus, OperatorPortStatus};
 use crate::inventory::Finding;
+use crate::inventory::health::Health;
 
 /// A condition without its transition time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,18 @@ pub fn wanted_conditions(findings: &[Finding]) -> Vec<WantedCondition> {
     all
 }
 
+/// [`wanted_conditions`], with an operator port's tunnel health deciding
+/// Ready when no finding does (a finding, such as a clash, still wins).
+pub fn wanted_with_health(findings: &[Finding], health: Option<&Health>) -> Vec<WantedCondition> {
+    let mut wanted = wanted_conditions(findings);
+    if let (true, Some(h), Some(ready)) = (findings.is_empty(), health, wanted.first_mut()) {
+        ready.status = h.status;
+        ready.reason = h.reason.into();
+        ready.message = h.message.clone();
+    }
+    wanted
+}
+
 /// The status to write: wanted conditions merged with the existing ones.
 /// Returns the same value as `existing` (so no write) when nothing changed.
 pub fn merged_status(
@@ -93,7 +106,29 @@ pub fn merged_status(
         observed_generation: generation,
         conditions,
         agents: agents.to_vec(),
+        agent_summary: agent_summary(agents),
     }
+}
+
+/// Past this, the summary names how many more agents there are.
+const SUMMARY_MAX: usize = 200;
+
+/// `name=Tunnel` per agent, comma-separated, cut at [`SUMMARY_MAX`] bytes
+/// with "+N more"; None without agents.
+pub fn agent_summary(agents: &[AgentStatus]) -> Option<String> {
+    let mut out = String::new();
+    for (i, a) in agents.iter().enumerate() {
+        let item = format!("{}={}", a.name, a.tunnel);
+        if !out.is_empty() && out.len() + item.len() + 1 > SUMMARY_MAX {
+            out.push_str(&format!(",+{} more", agents.len() - i));
+            break;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&item);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Condition types that are newly True in `new` compared to `old`: each gets
@@ -177,5 +212,55 @@ mod tests {
         assert_eq!(third.conditions[0].last_transition_time, Time(t(300)));
         assert_eq!(newly_true(Some(&again), &third).len(), 1);
         assert!(newly_true(Some(&third), &third).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+    use crate::inventory::FindingKind;
+
+    #[test]
+    fn tunnel_health_decides_ready_unless_a_finding_does() {
+        let down = Health {
+            status: "False",
+            reason: "TunnelDown",
+            message: "no agent has the tunnel up: panda: Down (refused)".into(),
+        };
+        let w = wanted_with_health(&[], Some(&down));
+        assert_eq!((w[0].status, w[0].reason.as_str()), ("False", "TunnelDown"));
+        assert!(w[0].message.contains("panda: Down (refused)"));
+
+        let clash = Finding::new(FindingKind::OperatorPortClash, "clash".into());
+        let up = Health {
+            status: "True",
+            reason: "TunnelUp",
+            message: "tunnel up".into(),
+        };
+        let w = wanted_with_health(std::slice::from_ref(&clash), Some(&up));
+        assert_eq!(w[0].status, "False");
+        assert_eq!(w[0].reason, clash.kind.condition_type());
+
+        assert_eq!(wanted_with_health(&[], None), wanted_conditions(&[]));
+    }
+
+    #[test]
+    fn summary_lists_agents_and_stays_short() {
+        let agent = |n: String, t: &str| AgentStatus {
+            name: n,
+            tunnel: t.into(),
+            active_connections: 0,
+            last_error: None,
+            version: None,
+            last_seen: None,
+        };
+        assert_eq!(agent_summary(&[]), None);
+        let two = [agent("mini".into(), "Down"), agent("panda".into(), "Up")];
+        assert_eq!(agent_summary(&two).as_deref(), Some("mini=Down,panda=Up"));
+        let many: Vec<AgentStatus> = (0..100)
+            .map(|i| agent(format!("host-{i:03}"), "Up"))
+            .collect();
+        let s = agent_summary(&many).unwrap();
+        assert!(s.len() < SUMMARY_MAX + 16 && s.ends_with(" more"), "{s}");
     }
 }

@@ -34,6 +34,49 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// gRPC listener for host agents (PortInventory).
     pub grpc_listen: SocketAddr,
+    /// Host agents: who they are and how long their reports count.
+    pub agents: AgentsConfig,
+    /// Serve the agents' gRPC over TLS with this certificate (PEM files;
+    /// the chart mounts them from a Secret).
+    pub grpc_tls: Option<GrpcTls>,
+    /// Allow plaintext gRPC on a non-loopback `grpcListen` (tokens would
+    /// cross the network in the clear); without it the controller refuses
+    /// to start that way.
+    pub insecure: bool,
+}
+
+/// The gRPC serving certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key of the leaf.
+    pub key_file: std::path::PathBuf,
+}
+
+/// Host agents' identities and reports.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Namespace of the agents' ServiceAccounts (`portplane-agent-<name>`);
+    /// defaults to $POD_NAMESPACE (the controller's own), else "default".
+    pub namespace: Option<String>,
+    /// How long a reviewed token is trusted before the next TokenReview.
+    pub token_cache_seconds: u64,
+    /// A report counts for Ready this long after it arrived (agents report
+    /// every 10 s).
+    pub ttl_seconds: u64,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            namespace: None,
+            token_cache_seconds: 60,
+            ttl_seconds: 30,
+        }
+    }
 }
 
 /// One declared operator port.
@@ -91,6 +134,9 @@ impl Default for Config {
             lease: LeaseConfig::default(),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            agents: AgentsConfig::default(),
+            grpc_tls: None,
+            insecure: false,
         }
     }
 }
@@ -195,6 +241,16 @@ impl Config {
                 lease.duration_seconds
             ));
         }
+        if self.agents.ttl_seconds == 0 {
+            return Err("agents.ttlSeconds: expected a positive number of seconds".into());
+        }
+        if let Some(ns) = &self.agents.namespace
+            && !crate::inventory::is_dns_label(ns)
+        {
+            return Err(format!(
+                "agents.namespace: expected a namespace name (a DNS label), got {ns:?}"
+            ));
+        }
         if self.resync_seconds == 0 {
             return Err("resyncSeconds: expected a positive number of seconds".into());
         }
@@ -214,6 +270,16 @@ impl Config {
         Ok(())
     }
 
+    /// The agents' ServiceAccount namespace: config, then $POD_NAMESPACE,
+    /// then "default".
+    pub fn agents_namespace(&self) -> String {
+        self.agents
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into())
+    }
+
     /// The lease namespace: config, then $POD_NAMESPACE, then "default".
     pub fn lease_namespace(&self) -> String {
         self.lease
@@ -222,6 +288,19 @@ impl Config {
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into())
     }
+}
+
+/// The rule for plaintext gRPC: only on a loopback listener (tests,
+/// `kubectl port-forward`), or with an explicit `insecure: true`.
+pub fn check_plaintext(listen: SocketAddr, tls: bool, insecure: bool) -> Result<(), String> {
+    if tls || insecure || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "grpcListen {listen}: refusing plaintext gRPC on a non-loopback address (agent tokens \
+         would cross the network in the clear); configure grpcTls (certFile, keyFile; the chart \
+         does by default) or set insecure: true"
+    ))
 }
 
 /// Split "host:port" (IPv6 in brackets).
@@ -309,6 +388,28 @@ mod tests {
         let err = Config::parse("operatorPorts:\n- {name: a, local: '127.0.0.1:1', target: 'h'}\n")
             .unwrap_err();
         assert!(err.contains("operatorPorts[0].target"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_or_when_insecure() {
+        let any: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let err = check_plaintext(any, false, false).unwrap_err();
+        assert!(
+            err.contains("grpcListen 0.0.0.0:50051") && err.contains("grpcTls"),
+            "{err}"
+        );
+        assert!(check_plaintext(lo, false, false).is_ok());
+        assert!(check_plaintext(any, true, false).is_ok());
+        assert!(check_plaintext(any, false, true).is_ok());
+        let config = Config::parse(
+            "grpcTls: {certFile: /tls/tls.crt, keyFile: /tls/tls.key}\ninsecure: false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.grpc_tls.unwrap().cert_file,
+            std::path::PathBuf::from("/tls/tls.crt")
+        );
     }
 
     #[test]

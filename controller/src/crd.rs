@@ -8,7 +8,7 @@
 // duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -99,6 +99,13 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = 1,
         description = "Why the port is (not) ready"
+    ),
+    printcolumn(
+        name = "Agents",
+        type_ = "string",
+        json_path = ".status.agentSummary",
+        priority = 1,
+        description = "Host agents that reported this port, with their tunnel state"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -228,12 +235,16 @@ pub struct OperatorPortStatus {
     /// The metadata.generation the status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready plus one condition per problem found (HostnameConflict, InvalidHostname, HeadlessService, OperatorPortClash, NoClusterIP, ExposeAnnotationIgnored), merged by type.
+    /// Ready plus one condition per problem found (HostnameConflict, InvalidHostname, HeadlessService, OperatorPortClash, NoClusterIP, ExposeAnnotationIgnored, NoHostPort, SecondOwner), merged by type. Operator ports: Ready follows the agents' tunnel reports (TunnelUp, TunnelDown, NoAgentReport).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// What each host agent reported about this port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<AgentStatus>,
+    /// The agents in one line, `name=Tunnel` each ("mini=Down,panda=Up"),
+    /// for `kubectl get -o wide` (a printer column shows one value only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_summary: Option<String>,
 }
 
 /// One host agent's view of a port.
@@ -250,6 +261,13 @@ pub struct AgentStatus {
     /// The agent's last error for this port, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// portplane-agent version of the reporting agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When the controller last heard from this agent; an entry older than
+    /// the TTL (agents.ttlSeconds, default 30 s) no longer counts for Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
 }
 
 /// The CRD as YAML, exactly what `portplane-controller crd` prints and the

@@ -19,6 +19,10 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("gRPC TLS: {path}: {message}")]
+    Tls { path: PathBuf, message: String },
+    #[error("{0}")]
+    Plaintext(String),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("watch of {0} ended")]

@@ -4,8 +4,9 @@
 //! Layout: [`crd`] (types), [`config`], [`inventory`] (pure: cluster state ->
 //! desired objects + findings), [`conditions`] and [`reconcile`] (pure:
 //! desired vs existing -> writes), [`runtime`] (watches, indexes, the write
-//! loop), [`lease`] (leader election), [`http`] + [`metrics`], [`grpc`].
+//! loop), [`lease`] (leader election), [`http`] + [`metrics`], [`grpc`] + [`auth`] (who agents are).
 
+pub mod auth;
 pub mod bounds;
 pub mod conditions;
 pub mod config;

@@ -17,6 +17,13 @@ pub struct Metrics {
     pub is_leader: AtomicU64,
     pub watch_errors: AtomicU64,
     pub last_reconcile_micros: AtomicU64,
+    /// TokenReviews sent to the API server (cache misses of agent tokens).
+    pub token_reviews: AtomicU64,
+    /// TokenReviews that failed to get an answer.
+    pub token_review_errors: AtomicU64,
+    /// gRPC calls refused: no/bad token, or a name the token may not use.
+    pub agent_unauthenticated: AtomicU64,
+    pub agent_permission_denied: AtomicU64,
 }
 
 impl Metrics {
@@ -81,6 +88,33 @@ impl Metrics {
             "gauge",
             "1 while this replica holds the lease.",
             &[("", get(&self.is_leader))],
+        );
+        metric(
+            "portplane_tokenreviews_total",
+            "counter",
+            "TokenReviews sent for agent tokens (cache misses), answered or not.",
+            &[("", get(&self.token_reviews))],
+        );
+        metric(
+            "portplane_tokenreview_errors_total",
+            "counter",
+            "TokenReviews that got no answer (the call was refused UNAVAILABLE).",
+            &[("", get(&self.token_review_errors))],
+        );
+        metric(
+            "portplane_agent_calls_refused_total",
+            "counter",
+            "Agent gRPC calls refused, by gRPC code.",
+            &[
+                (
+                    "{code=\"unauthenticated\"}",
+                    get(&self.agent_unauthenticated),
+                ),
+                (
+                    "{code=\"permission_denied\"}",
+                    get(&self.agent_permission_denied),
+                ),
+            ],
         );
         metric(
             "portplane_last_reconcile_seconds",

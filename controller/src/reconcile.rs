@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::conditions::{merged_status, wanted_conditions};
+use crate::conditions::{merged_status, wanted_with_health};
 use crate::crd::{OperatorPort, OperatorPortStatus};
 use crate::inventory::{Desired, DesiredPort};
 
@@ -66,7 +66,7 @@ pub fn plan<'a>(
         }
         let status = merged_status(
             current.status.as_ref(),
-            &wanted_conditions(&want.findings),
+            &wanted_with_health(&want.findings, want.health.as_ref()),
             &want.agents,
             current.metadata.generation,
             now,
@@ -86,6 +86,7 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::wanted_conditions;
     use crate::config::Config;
     use crate::inventory::{Finding, FindingKind, desired_inventory};
     use kube::api::ObjectMeta;

@@ -53,6 +53,92 @@ pub struct AgentConfig {
     /// is made 0700.
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    #[serde(default)]
+    pub docker: DockerSection,
+    #[serde(default)]
+    pub second_owners: SecondOwnersSection,
+}
+
+/// Second owners of runtime ports on the host, reported while
+/// `[controller]` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondOwnersSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The runtime's own forwarders: a pattern without '/' is a process
+    /// name, one with '/' a part of the command line.
+    #[serde(default = "default_runtime_forwarders")]
+    pub allowed: Vec<String>,
+    #[serde(default = "default_docker_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for SecondOwnersSection {
+    fn default() -> Self {
+        SecondOwnersSection {
+            enabled: true,
+            allowed: default_runtime_forwarders(),
+            interval: default_docker_interval(),
+        }
+    }
+}
+
+/// Lima's host agent and SSH mux, Colima, Docker's proxies.
+fn default_runtime_forwarders() -> Vec<String> {
+    [
+        "limactl",
+        "colima",
+        "docker-proxy",
+        "com.docker.backend",
+        "vpnkit",
+        "/.lima/",
+        "/.colima/",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+/// The VM's Docker port maps, read over SSH and reported to the controller
+/// (only while `[controller]` is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Container whose port maps count; default the Talos node container,
+    /// `<[kubeconfig] cluster>-controlplane-1`.
+    pub container: Option<String>,
+    /// The docker CLI on the VM, run through its shell (may carry flags,
+    /// e.g. "docker -H unix:///run/docker.sock").
+    #[serde(default = "default_docker_command")]
+    pub command: String,
+    #[serde(default = "default_docker_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        DockerSection {
+            enabled: true,
+            container: None,
+            command: default_docker_command(),
+            interval: default_docker_interval(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_docker_command() -> String {
+    "docker".into()
+}
+
+fn default_docker_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,7 +233,29 @@ pub struct TalosconfigSection {
 pub struct ControllerSection {
     /// gRPC endpoint of portplane-controller.
     pub endpoint: String,
+    /// The agent's ServiceAccount token (`portplane-agent enroll` writes
+    /// it); default `~/.config/portplane/agent-token`. Re-read on every
+    /// reconnect.
+    #[serde(default = "default_token_file")]
     pub token_file: Option<PathBuf>,
+    /// Namespace the controller runs in (its agents' ServiceAccounts live
+    /// there); used by `enroll`.
+    #[serde(default = "default_controller_namespace")]
+    pub namespace: String,
+    /// CA that signs the controller's certificate (PEM); used for https://
+    /// endpoints when the file exists, else the system roots. `enroll`
+    /// writes it from the ConfigMap `ca_configmap`.
+    #[serde(default = "default_ca_file")]
+    pub ca_file: Option<PathBuf>,
+    /// ConfigMap (in `namespace`, key `ca.crt`) the chart publishes its CA in.
+    #[serde(default = "default_ca_configmap")]
+    pub ca_configmap: String,
+    /// The name the controller's certificate must carry, when it is not the
+    /// endpoint's host (e.g. dialing through a port-forward).
+    pub tls_server_name: Option<String>,
+    /// Allow http:// to a non-loopback host (the token travels in the clear).
+    #[serde(default)]
+    pub insecure: bool,
     /// Where the last inventory is cached, so runtime ports are refused even
     /// when the controller is away.
     #[serde(default = "default_inventory_cache")]
@@ -207,6 +315,9 @@ impl AgentConfig {
         if let Some(c) = self.controller.as_mut() {
             c.inventory_cache = expand_tilde(&c.inventory_cache, home);
             if let Some(t) = c.token_file.as_mut() {
+                *t = expand_tilde(t, home);
+            }
+            if let Some(t) = c.ca_file.as_mut() {
                 *t = expand_tilde(t, home);
             }
         }
@@ -273,6 +384,26 @@ impl AgentConfig {
                 ));
             }
         }
+        if let Some(c) = &self.controller {
+            crate::link_tls::check_endpoint(&c.endpoint, c.insecure)
+                .map_err(|problem| invalid("controller.endpoint".into(), problem))?;
+            let ok = !c.namespace.is_empty()
+                && c.namespace.len() <= 63
+                && c.namespace
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !c.namespace.starts_with('-')
+                && !c.namespace.ends_with('-');
+            if !ok {
+                return Err(invalid(
+                    "controller.namespace".into(),
+                    format!(
+                        "expected a namespace name (lowercase letters, digits, '-'), got {:?}",
+                        c.namespace
+                    ),
+                ));
+            }
+        }
         if !(1..=32).contains(&self.ssh.sessions) {
             return Err(invalid(
                 "ssh.sessions".into(),
@@ -299,6 +430,8 @@ impl Default for AgentConfig {
             talosconfig: TalosconfigSection::default(),
             controller: None,
             socket: default_socket(),
+            docker: DockerSection::default(),
+            second_owners: SecondOwnersSection::default(),
         };
         config.expand_home(&home_dir());
         config
@@ -465,6 +598,23 @@ fn default_talos_node() -> String {
 fn default_socket() -> PathBuf {
     PathBuf::from("~/.local/state/portplane/agent.sock")
 }
+
+fn default_token_file() -> Option<PathBuf> {
+    Some(PathBuf::from("~/.config/portplane/agent-token"))
+}
+
+fn default_ca_file() -> Option<PathBuf> {
+    Some(PathBuf::from("~/.config/portplane/controller-ca.crt"))
+}
+
+fn default_ca_configmap() -> String {
+    "portplane-controller-agent-ca".into()
+}
+
+fn default_controller_namespace() -> String {
+    "portplane".into()
+}
+
 fn default_inventory_cache() -> PathBuf {
     PathBuf::from("~/.cache/portplane/inventory.json")
 }

@@ -2,6 +2,10 @@
 //! controller streams (so the ownership rule works when the controller is
 //! away) and reports the agent's tunnels. Optional and never in the tunnel's
 //! way: failures are logged and retried with backoff.
+//!
+//! Every call carries the agent's ServiceAccount token
+//! (`authorization: Bearer ...`), re-read from `[controller] token_file` on
+//! every reconnect so a rotated token needs no restart.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +17,11 @@ use portplane_proto::v1alpha1 as pb;
 
 use crate::config::{AgentConfig, ControllerSection, Forward};
 use crate::ownership::{CachedInventory, RuntimePort};
+use crate::token;
 use crate::tunnel::backoff::{Backoff, jitter_seed};
 use crate::tunnel::listener::Counters;
 use crate::tunnel::pool::Pool;
+use tonic::metadata::{Ascii, MetadataValue};
 
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,6 +69,10 @@ pub struct TunnelStatus {
     pub refused: Vec<(Forward, String)>,
     /// The controller link as last seen, for `status`.
     pub link: LinkState,
+    /// The VM's Docker port maps, as last read (`docker_ports`).
+    pub host_ports: crate::docker_ports::HostPorts,
+    /// Second owners of runtime ports, as last scanned (`second_owners`).
+    pub second_owners: crate::second_owners::SecondOwners,
 }
 
 /// The controller link as last seen: written by [`keep_in_touch`], read by
@@ -135,7 +145,16 @@ impl TunnelStatus {
             agent: agent.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             tunnels,
-            host_ports: Vec::new(),
+            host_ports: self
+                .host_ports
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_default(),
+            second_owners: self
+                .second_owners
+                .lock()
+                .map(|o| o.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -177,7 +196,8 @@ async fn session(
     status: &TunnelStatus,
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(controller.endpoint.clone())
+    let bearer = bearer(controller)?;
+    let channel = crate::link_tls::endpoint(controller)
         .map_err(|e| tonic::Status::invalid_argument(with_causes(&e)))?
         .connect_timeout(CONNECT_TIMEOUT)
         // A controller that vanished without a FIN (its node or the network
@@ -188,7 +208,7 @@ async fn session(
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(with_causes(&e)))?;
-    let mut client = PortInventoryClient::new(channel);
+    let mut client = PortInventoryClient::with_interceptor(channel, authorize(bearer));
     let mut stream = within(client.watch_inventory(pb::WatchInventoryRequest {
         agent: agent.into(),
     }))
@@ -217,6 +237,38 @@ async fn session(
                 status.link.update(|l| l.last_report = Some(SystemTime::now()));
             }
         }
+    }
+}
+
+/// The `authorization` value for this connection, from the token file as it
+/// is now; warns (logs) when the token expires within 14 days.
+fn bearer(controller: &ControllerSection) -> Result<MetadataValue<Ascii>, tonic::Status> {
+    let Some(path) = controller.token_file.as_ref() else {
+        return Err(tonic::Status::unauthenticated(
+            "no [controller] token_file; run `portplane-agent enroll --config FILE`",
+        ));
+    };
+    let value = token::read(path).map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+    if let Some(warning) = token::expiry_warning(&value, std::time::SystemTime::now()) {
+        tracing::warn!(token_file = %path.display(), "{warning}");
+    }
+    let mut header: MetadataValue<Ascii> = format!("Bearer {value}").parse().map_err(|_| {
+        tonic::Status::unauthenticated(format!("{}: not usable as a bearer token", path.display()))
+    })?;
+    // Kept out of Debug output, so it cannot reach a log by accident.
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+/// Adds the bearer token to every call.
+fn authorize(
+    header: MetadataValue<Ascii>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |mut request| {
+        request
+            .metadata_mut()
+            .insert("authorization", header.clone());
+        Ok(request)
     }
 }
 

@@ -24,6 +24,17 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Get this host its controller credential: create (or reuse)
+    /// ServiceAccount portplane-agent-<name> with your kubeconfig and write a
+    /// fresh token for audience portplane.dev/agent to [controller] token_file.
+    Enroll {
+        /// Agent config (TOML); its name, [controller] and [kubeconfig] sections say what to do.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// How long the token is valid (the API server may cap it); e.g. 90d, 1y.
+        #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = humantime::parse_duration)]
+        lifetime: std::time::Duration,
+    },
     /// Point kubeconfig and talosconfig at the operator ports, once.
     Rewrite {
         /// Agent config (TOML); its [kubeconfig] and [talosconfig] sections say what to rewrite.
@@ -173,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             Ok(())
         }
+        Command::Enroll { config, lifetime } => enroll(&config, lifetime),
     }
 }
 
@@ -254,6 +266,20 @@ fn status(
         eprintln!("portplane-agent is not running: {error}. {hint}");
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// `enroll`: one line on success; exits non-zero naming what failed.
+fn enroll(path: &std::path::Path, lifetime: std::time::Duration) -> anyhow::Result<()> {
+    let config = portplane_agent::config::AgentConfig::load(path)?;
+    let env = portplane_agent::rewrite::Env::from_process();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let enrolled = runtime.block_on(portplane_agent::enroll::enroll(
+        &config, path, &env, lifetime,
+    ))?;
+    println!("enrolled as agent {:?}: {enrolled}", config.name);
     Ok(())
 }
 

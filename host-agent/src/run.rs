@@ -47,11 +47,28 @@ pub async fn run(config: AgentConfig, config_path: PathBuf) -> Result<(), RunErr
         served.push((forward.clone(), counters.clone()));
         tokio::spawn(listener::serve(shared.clone(), forward, listener, counters));
     }
+    let host_ports = crate::docker_ports::HostPorts::default();
+    if config.controller.is_some() && config.docker.enabled {
+        tokio::spawn(crate::docker_ports::keep_polling(
+            config.clone(),
+            pool_config(&config),
+            host_ports.clone(),
+        ));
+    }
+    let second_owners = crate::second_owners::SecondOwners::default();
+    if config.controller.is_some() && config.second_owners.enabled {
+        tokio::spawn(crate::second_owners::keep_scanning(
+            config.clone(),
+            second_owners.clone(),
+        ));
+    }
     let status = Arc::new(TunnelStatus {
         pool: shared.pool.clone(),
         served,
         refused,
         link: LinkState::default(),
+        host_ports,
+        second_owners,
     });
     tokio::spawn(controller_link::keep_in_touch(
         config.clone(),

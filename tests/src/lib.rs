@@ -1,11 +1,13 @@
 //! Harnesses for portplane's end-to-end tests: a real control plane
-//! ([`cluster`]), a real sshd standing in for the Colima VM ([`sshd`]), and the
-//! paths of the workspace's own binaries.
+//! ([`cluster`]), a real sshd standing in for the Colima VM ([`sshd`]), real
+//! agent credentials ([`agents`]), and the paths of the workspace's own binaries.
 
 pub mod agent_cli;
+pub mod agents;
 pub mod blackhole;
 pub mod cluster;
 pub mod controller;
+pub mod docker;
 pub mod helm;
 pub mod procfs;
 pub mod soak;

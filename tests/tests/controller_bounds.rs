@@ -3,6 +3,7 @@
 //! the gRPC layer, every string that reaches an OperatorPort is cut with a
 //! visible marker, and the reconcile keeps working afterwards.
 
+use portplane_e2e::agents::{agent_client, agent_token};
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{Controller, Scope, condition, scoped_config};
 use portplane_proto::v1alpha1 as pb;
@@ -20,6 +21,7 @@ fn report(agent: &str, state: pb::TunnelState, last_error: String) -> pb::AgentR
             last_error,
         }],
         host_ports: Vec::new(),
+        second_owners: Vec::new(),
     }
 }
 
@@ -35,19 +37,19 @@ fn a_megabyte_last_error_is_refused_and_long_strings_are_cut_visibly() {
         plane,
         &scoped_config(
             "bnd",
-            "operatorPorts:\n- {name: bnd-kube-apiserver, local: '127.0.0.1:16443', target: '10.5.0.2:6443'}\n",
+            "operatorPorts:\n- {name: bnd-kube-apiserver, local: '127.0.0.1:16443', target: '10.5.0.2:6443'}\nagents: {namespace: bnd}\n",
         ),
     );
     s.wait_oport("bnd-kube-apiserver", "published", |_| true);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Each agent authenticates as itself (ServiceAccount
+    // portplane-agent-<name>): only the sizes are under test here.
+    let tokens = ["huge", "big", "panda"].map(|name| agent_token(plane, "bnd", name));
     runtime.block_on(async {
-        let endpoint = format!("http://127.0.0.1:{}", c.grpc_port);
-        let mut client = pb::port_inventory_client::PortInventoryClient::connect(endpoint)
-            .await
-            .unwrap();
+        let mut huge_client = agent_client(c.grpc_port, Some(&tokens[0])).await;
         let huge = report("huge", pb::TunnelState::Down, "x".repeat(1024 * 1024));
-        let refused = client
+        let refused = huge_client
             .report(huge)
             .await
             .expect_err("a 1 MiB report must be refused");
@@ -60,11 +62,13 @@ fn a_megabyte_last_error_is_refused_and_long_strings_are_cut_visibly() {
         );
         // Under the request limit but far over the string limit: kept, cut.
         let long = "why ".repeat(50 * 1024);
-        client
+        agent_client(c.grpc_port, Some(&tokens[1]))
+            .await
             .report(report("big", pb::TunnelState::Down, long))
             .await
             .unwrap();
-        client
+        agent_client(c.grpc_port, Some(&tokens[2]))
+            .await
             .report(report("panda", pb::TunnelState::Up, String::new()))
             .await
             .unwrap();

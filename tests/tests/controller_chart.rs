@@ -73,6 +73,12 @@ fn helm_lint_and_template_render_every_object() {
         "{rendered}"
     );
     assert!(rendered.contains("local: 127.0.0.1:16443"));
+    // Agents are authenticated by TokenReview; that is the controller's only
+    // right on authentication.k8s.io.
+    assert!(
+        rendered.contains("resources: [tokenreviews]\n    verbs: [create]"),
+        "{rendered}"
+    );
 }
 
 #[test]

@@ -121,7 +121,8 @@ fn annotate_reannotate_unannotate_delete_and_kubectl_get() {
             "16443",
             "127.0.0.1:16443",
             "portplane-agent",
-            "True"
+            // No agent has reported the tunnel: not known to work.
+            "Unknown"
         ],
         "{table}"
     );
@@ -461,7 +462,7 @@ fn pds_asymmetric_mapping_from_an_agent_report_over_grpc() {
         plane,
         &scoped_config(
             "pds",
-            "operatorPorts:\n- {name: pds-talos-api, local: '127.0.0.1:15000', target: '10.5.0.2:50000'}\n",
+            "operatorPorts:\n- {name: pds-talos-api, local: '127.0.0.1:15000', target: '10.5.0.2:50000'}\nagents: {namespace: pds}\n",
         ),
     );
     // The seed: Docker maps host 9627 -> container 3000, the NodePort is 3000.
@@ -474,12 +475,10 @@ fn pds_asymmetric_mapping_from_an_agent_report_over_grpc() {
         "without an agent the host port is unknown"
     );
 
+    let token = portplane_e2e::agents::agent_token(plane, "pds", "panda");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let first = runtime.block_on(async {
-        let endpoint = format!("http://127.0.0.1:{}", c.grpc_port);
-        let mut client = pb::port_inventory_client::PortInventoryClient::connect(endpoint)
-            .await
-            .unwrap();
+        let mut client = portplane_e2e::agents::agent_client(c.grpc_port, Some(&token)).await;
         let mut stream = client
             .watch_inventory(pb::WatchInventoryRequest {
                 agent: "panda".into(),
@@ -506,6 +505,7 @@ fn pds_asymmetric_mapping_from_an_agent_report_over_grpc() {
                     protocol: "TCP".into(),
                     host_ip: "127.0.0.1".into(),
                 }],
+                second_owners: Vec::new(),
             })
             .await
             .unwrap();

@@ -6,6 +6,7 @@ mod tunnel_support;
 
 use std::time::Duration;
 
+use portplane_e2e::agents::{agent_token, write_token};
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{Controller, Scope, scoped_config};
 use portplane_e2e::sshd::Sshd;
@@ -23,7 +24,7 @@ fn inventory_is_cached_tunnel_reported_and_runtime_ports_refused_without_the_con
         &scoped_config(
             "tunctl",
             &format!(
-                "operatorPorts:\n- {{name: tunctl-kube-apiserver, local: '127.0.0.1:{listen}', target: '127.0.0.1:{echo}'}}\n"
+                "operatorPorts:\n- {{name: tunctl-kube-apiserver, local: '127.0.0.1:{listen}', target: '127.0.0.1:{echo}'}}\nagents: {{namespace: tunctl}}\n"
             ),
         ),
     );
@@ -38,10 +39,12 @@ fn inventory_is_cached_tunnel_reported_and_runtime_ports_refused_without_the_con
 
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = cache_dir.path().join("portplane/inventory.json");
+    let token = write_token(cache_dir.path(), &agent_token(plane, "tunctl", "test"));
     let link = format!(
-        "[controller]\nendpoint = \"http://127.0.0.1:{}\"\ninventory_cache = \"{}\"\n",
+        "[controller]\nendpoint = \"http://127.0.0.1:{}\"\ninventory_cache = \"{}\"\ntoken_file = \"{}\"\n",
         controller.grpc_port,
-        cache.display()
+        cache.display(),
+        token.display()
     );
     let agent = Agent::start(
         &(config_for(

@@ -166,6 +166,7 @@ pub fn service_ports(
                 spec,
                 findings: service_findings.clone(),
                 agents: Vec::new(),
+                health: None,
             },
         ));
     }

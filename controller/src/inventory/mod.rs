@@ -5,6 +5,7 @@
 //! tests.
 
 mod exposure;
+pub mod health;
 mod names;
 mod validate;
 
@@ -14,6 +15,9 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 
 pub use names::{is_dns_label, is_dns_subdomain, object_name};
 pub use validate::{Finding, FindingKind};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::config::Config;
 use crate::crd::{AgentStatus, LocalEndpoint, OperatorPortSpec, Plane, TargetEndpoint};
@@ -47,6 +51,9 @@ pub struct DesiredPort {
     pub findings: Vec<Finding>,
     /// What host agents report about this port (status.agents).
     pub agents: Vec<AgentStatus>,
+    /// Operator ports: the Ready condition the agents' reports call for
+    /// (set by [`assess_health`]; None until then, and for runtime ports).
+    pub health: Option<health::Health>,
 }
 
 /// One agent's tunnel, as it reported it.
@@ -59,6 +66,21 @@ pub struct TunnelReport {
     pub state: String,
     pub active_connections: i64,
     pub last_error: Option<String>,
+    /// The agent's version.
+    pub version: String,
+    /// When the report arrived.
+    pub last_seen: Option<Timestamp>,
+}
+
+/// A process on an agent's host listening on a runtime port it does not own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecondOwnerReport {
+    pub agent: String,
+    pub port: u16,
+    pub address: String,
+    pub pid: u32,
+    pub process: String,
+    pub command: String,
 }
 
 /// Everything host agents reported.
@@ -66,6 +88,7 @@ pub struct TunnelReport {
 pub struct AgentReports {
     pub host_ports: Vec<HostPortReport>,
     pub tunnels: Vec<TunnelReport>,
+    pub second_owners: Vec<SecondOwnerReport>,
 }
 
 /// The desired inventory, keyed by object name.
@@ -95,11 +118,14 @@ pub fn desired_inventory<'a>(
                 tunnel: t.state.clone(),
                 active_connections: t.active_connections,
                 last_error: t.last_error.clone(),
+                version: Some(t.version.clone()).filter(|v| !v.is_empty()),
+                last_seen: t.last_seen.map(Time),
             })
             .collect();
         desired.insert(port.name.clone(), want);
     }
     validate::cross_check(&mut desired, &agents.host_ports, config);
+    validate::second_owners(&mut desired, agents);
     crate::bounds::cap_desired(&mut desired);
     desired
 }
@@ -130,6 +156,17 @@ fn operator_port(port: &crate::config::OperatorPortConfig) -> DesiredPort {
         },
         findings: Vec::new(),
         agents: Vec::new(),
+        health: None,
+    }
+}
+
+/// Set every operator port's tunnel health from its agent entries, as of
+/// `now` (the rule is in [`health`]).
+pub fn assess_health(desired: &mut Desired, now: Timestamp, ttl: std::time::Duration) {
+    for port in desired.values_mut() {
+        if port.spec.plane == Plane::Operator {
+            port.health = Some(health::tunnel_health(&port.agents, now, ttl));
+        }
     }
 }
 

@@ -80,6 +80,7 @@ fn agent_maps_host_port(host: u16, container: u16) -> AgentReports {
             protocol: "TCP".into(),
         }],
         tunnels: Vec::new(),
+        second_owners: Vec::new(),
     }
 }
 
@@ -173,6 +174,102 @@ fn pds_asymmetric_mapping_uses_the_agent_reported_host_port() {
     assert_eq!((pds.port, pds.node_port), (3000, Some(3000)));
     assert_eq!(pds.exposures[0].host_port, Some(9627));
     assert_eq!(pds.endpoint.as_deref(), Some("127.0.0.1:9627"));
+}
+
+#[test]
+fn a_node_port_without_a_docker_map_is_flagged_once_docker_facts_exist() {
+    // The seed's Docker maps, less typesense's.
+    let mut reports = AgentReports::default();
+    for (host, container) in [
+        (6379, 6379),
+        (7880, 7880),
+        (7881, 7881),
+        (8288, 8288),
+        (8289, 8289),
+        (3111, 3111),
+        (9627, 3000),
+    ] {
+        reports
+            .host_ports
+            .extend(agent_maps_host_port(host, container).host_ports);
+    }
+    let d = desired_inventory(
+        &seed_node_ports(),
+        &ProxyIndex::new(),
+        &reports,
+        &no_operator_ports(),
+    );
+    assert_eq!(
+        kinds(&d, "joelclaw.typesense.8108"),
+        [FindingKind::NoHostPort]
+    );
+    let message = &d["joelclaw.typesense.8108"].findings[0].message;
+    assert!(
+        message.contains("NodePort 8108")
+            && message.contains("panda")
+            && message.contains("tailscale.com/expose"),
+        "{message}"
+    );
+    for (name, port) in d.iter().filter(|(n, _)| *n != "joelclaw.typesense.8108") {
+        assert!(port.findings.is_empty(), "{name}: {:?}", port.findings);
+    }
+    // A port the tailnet also reaches is not unreachable.
+    let exposed = service(
+        "joelclaw",
+        "typesense",
+        "NodePort",
+        &[(8108, 8108, Some(8108))],
+    );
+    let mut exposed = exposed;
+    exposed.metadata.annotations = Some(
+        [("tailscale.com/expose".to_string(), "true".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    let d = desired_inventory(
+        &[exposed],
+        &ProxyIndex::new(),
+        &reports,
+        &no_operator_ports(),
+    );
+    assert!(d["joelclaw.typesense.8108"].findings.is_empty());
+}
+
+#[test]
+fn a_stray_listener_on_a_node_port_is_a_second_owner_naming_host_pid_and_process() {
+    let mut reports = agent_maps_host_port(9627, 3000);
+    let stray = |port: u16, pid: u32| crate::inventory::SecondOwnerReport {
+        agent: "panda".into(),
+        port,
+        address: "127.0.0.1".into(),
+        pid,
+        process: "ssh".into(),
+        command: "ssh -N -L 6379:10.5.0.2:6379 lima-colima".into(),
+    };
+    // On the redis NodePort, and on the PDS's Docker-mapped host port.
+    reports.second_owners = vec![stray(6379, 4242), stray(9627, 4343)];
+    let d = desired_inventory(
+        &seed_node_ports(),
+        &ProxyIndex::new(),
+        &reports,
+        &no_operator_ports(),
+    );
+    let redis = &d["joelclaw.redis.6379"].findings;
+    let second: Vec<&String> = redis
+        .iter()
+        .filter(|f| f.kind == FindingKind::SecondOwner)
+        .map(|f| &f.message)
+        .collect();
+    assert_eq!(second.len(), 1, "{redis:?}");
+    assert!(
+        second[0].contains("host panda")
+            && second[0].contains("pid 4242")
+            && second[0].contains("ssh -N -L 6379"),
+        "{}",
+        second[0]
+    );
+    assert!(kinds(&d, "joelclaw.bluesky-pds.3000").contains(&FindingKind::SecondOwner));
+    assert!(!kinds(&d, "joelclaw.typesense.8108").contains(&FindingKind::SecondOwner));
 }
 
 #[test]
@@ -507,10 +604,33 @@ fn agent_tunnel_reports_land_on_the_operator_port() {
             state: "Up".into(),
             active_connections: 3,
             last_error: None,
+            version: "0.1.0".into(),
+            last_seen: Some(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap()),
         }],
+        second_owners: Vec::new(),
     };
-    let d = desired_inventory(&[], &ProxyIndex::new(), &reports, &Config::default());
+    let mut d = desired_inventory(&[], &ProxyIndex::new(), &reports, &Config::default());
     assert_eq!(d["kube-apiserver"].agents.len(), 1);
     assert_eq!(d["kube-apiserver"].agents[0].tunnel, "Up");
+    assert_eq!(
+        d["kube-apiserver"].agents[0].version.as_deref(),
+        Some("0.1.0")
+    );
     assert!(d["talos-api"].agents.is_empty());
+
+    // Health: Up 10 s ago is Ready; nobody at all is Unknown; runtime
+    // ports have no tunnel health.
+    let now = k8s_openapi::jiff::Timestamp::from_second(1010).unwrap();
+    super::assess_health(&mut d, now, std::time::Duration::from_secs(30));
+    let health = |name: &str| d[name].health.as_ref().map(|h| h.status);
+    assert_eq!(health("kube-apiserver"), Some("True"));
+    assert_eq!(health("talos-api"), Some("Unknown"));
+    let wanted = crate::conditions::wanted_with_health(
+        &d["talos-api"].findings,
+        d["talos-api"].health.as_ref(),
+    );
+    assert_eq!(
+        (wanted[0].status, wanted[0].reason.as_str()),
+        ("Unknown", "NoAgentReport")
+    );
 }

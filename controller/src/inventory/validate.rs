@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Desired, HostPortReport};
+use super::{AgentReports, Desired, HostPortReport};
 use crate::config::Config;
 use crate::crd::{ExposureKind, Plane};
 
@@ -22,6 +22,12 @@ pub enum FindingKind {
     NoClusterIP,
     /// tailscale.com/expose is set to something other than exactly "true".
     ExposeAnnotationIgnored,
+    /// Reachable only by NodePort, and no agent's VM has a Docker port map
+    /// for it: unreachable from the host.
+    NoHostPort,
+    /// A process on an agent's host that is not the runtime listens on the
+    /// port's host side.
+    SecondOwner,
 }
 
 impl FindingKind {
@@ -34,6 +40,8 @@ impl FindingKind {
             FindingKind::OperatorPortClash => "OperatorPortClash",
             FindingKind::NoClusterIP => "NoClusterIP",
             FindingKind::ExposeAnnotationIgnored => "ExposeAnnotationIgnored",
+            FindingKind::NoHostPort => "NoHostPort",
+            FindingKind::SecondOwner => "SecondOwner",
         }
     }
 }
@@ -134,6 +142,73 @@ pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], config:
                 }
             }
         }
+        if let Some(finding) = no_host_port(&port.spec, host_ports) {
+            found.push(finding);
+        }
         port.findings.extend(found);
+    }
+}
+
+/// A port reachable only through its NodePort, with Docker facts from at
+/// least one agent and none mapping it: nothing on the host reaches it.
+/// Without any agent's Docker facts nothing is known, so nothing is said.
+fn no_host_port(
+    spec: &crate::crd::OperatorPortSpec,
+    host_ports: &[HostPortReport],
+) -> Option<super::Finding> {
+    let node_port = spec.node_port?;
+    let only_node_port = !spec.exposures.is_empty()
+        && spec
+            .exposures
+            .iter()
+            .all(|e| e.kind == ExposureKind::NodePort && e.host_port.is_none());
+    if !only_node_port || host_ports.is_empty() {
+        return None;
+    }
+    let mut agents: Vec<&str> = host_ports.iter().map(|h| h.agent.as_str()).collect();
+    agents.dedup();
+    Some(super::Finding::new(
+        FindingKind::NoHostPort,
+        format!(
+            "NodePort {node_port} has no Docker port map on the VM of {}, so nothing on the host reaches it; \
+             Docker's port maps are fixed when the cluster is created, so expose the Service with \
+             tailscale.com/expose: \"true\" (or recreate the cluster with the map)",
+            agents.join(", ")
+        ),
+    ))
+}
+
+/// A second owner on a host holds the port's host side: its NodePort, or
+/// the host port a Docker map publishes it on.
+pub fn second_owners(desired: &mut Desired, agents: &AgentReports) {
+    if agents.second_owners.is_empty() {
+        return;
+    }
+    for port in desired.values_mut() {
+        if port.spec.plane != Plane::Runtime || port.spec.protocol != "TCP" {
+            continue;
+        }
+        let Some(node_port) = port.spec.node_port else {
+            continue;
+        };
+        for o in &agents.second_owners {
+            let mapped = agents.host_ports.iter().any(|h| {
+                h.agent == o.agent
+                    && h.protocol == "TCP"
+                    && i32::from(h.container_port) == node_port
+                    && h.host_port == o.port
+            });
+            if i32::from(o.port) != node_port && !mapped {
+                continue;
+            }
+            port.findings.push(super::Finding::new(
+                FindingKind::SecondOwner,
+                format!(
+                    "on host {}, {}:{} is held by pid {} ({}: {}), not by the runtime's forwarders; \
+                     a second owner of this port (a stray ssh -L or an old tunnel daemon?): stop it",
+                    o.agent, o.address, o.port, o.pid, o.process, o.command
+                ),
+            ));
+        }
     }
 }

@@ -15,6 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, RwLock, watch};
 
 use crate::Error;
+use crate::auth::{AUDIENCE, Authenticator, token_review};
 use crate::config::Config;
 use crate::grpc::{self, AgentRegistry};
 use crate::inventory::{self, ProxyIndex};
@@ -40,6 +41,14 @@ pub struct Context {
 
 /// Run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
+    // Before anything starts: no token ever crosses a network in the clear.
+    crate::config::check_plaintext(
+        config.grpc_listen,
+        config.grpc_tls.is_some(),
+        config.insecure,
+    )
+    .map_err(Error::Plaintext)?;
+    let tls = config.grpc_tls.as_ref().map(grpc::server_tls).transpose()?;
     let client = Client::try_default().await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -75,11 +84,24 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let (inventory_tx, inventory_rx) = watch::channel(grpc::Published::default());
     let agents = Arc::new(RwLock::new(AgentRegistry::default()));
+    let auth = Arc::new(Authenticator::new(
+        token_review(client.clone()),
+        config.agents_namespace(),
+        AUDIENCE.into(),
+        Duration::from_secs(config.agents.token_cache_seconds),
+        metrics.clone(),
+    ));
     let grpc = grpc::serve(
         config.grpc_listen,
         inventory_rx,
-        agents.clone(),
-        trigger.clone(),
+        grpc::Shared {
+            agents: agents.clone(),
+            leader: leader.clone(),
+            trigger: trigger.clone(),
+            auth,
+            metrics: metrics.clone(),
+        },
+        tls,
         until(shutdown.clone()),
     )
     .await?;
@@ -128,7 +150,17 @@ async fn reconcile_loop(
         _ = shutdown.wait_for(|s| *s) => return,
     }
     ready.store(true, Ordering::Relaxed);
+    // Agent entries a previous controller wrote stay (stale by lastSeen)
+    // until the agents report here.
+    {
+        let objects = ctx.stores.operator_ports.state();
+        ctx.agents
+            .write()
+            .await
+            .seed(objects.iter().map(|o| o.as_ref()));
+    }
     tracing::info!("watches synced; ready");
+    let ttl = Duration::from_secs(ctx.config.agents.ttl_seconds);
 
     let mut leader = ctx.leader.clone();
     let mut resync = tokio::time::interval(Duration::from_secs(ctx.config.resync_seconds));
@@ -153,6 +185,15 @@ async fn reconcile_loop(
                 None => std::future::pending().await,
             }
         };
+        // When the next agent report goes stale, Ready may change with no
+        // event to say so: reconcile then (a little after, so it is stale).
+        let expiry = ctx.agents.read().await.next_expiry(ttl);
+        let stale = async {
+            match expiry.and_then(|e| e.duration_since(std::time::SystemTime::now()).ok()) {
+                Some(d) => tokio::time::sleep(d + Duration::from_millis(50)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ctx.trigger.notified() => {
                 // Coalesce a burst of watch events into one pass.
@@ -161,6 +202,7 @@ async fn reconcile_loop(
             _ = resync.tick() => {}
             _ = leader.changed() => {}
             _ = retry => {}
+            _ = stale => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
@@ -182,12 +224,18 @@ async fn reconcile_once(ctx: &Context) -> Result<(), Error> {
     let reports = ctx.agents.read().await.reports();
     // Shared with the gRPC stream rather than copied: at 10,000 ports a copy
     // is megabytes.
-    let desired = Arc::new(inventory::desired_inventory(
+    let mut desired = inventory::desired_inventory(
         services.iter().map(|s| s.as_ref()),
         &proxies,
         &reports,
         &ctx.config,
-    ));
+    );
+    inventory::assess_health(
+        &mut desired,
+        k8s_openapi::jiff::Timestamp::now(),
+        Duration::from_secs(ctx.config.agents.ttl_seconds),
+    );
+    let desired = Arc::new(desired);
     drop(services);
     ctx.metrics
         .inventory_size

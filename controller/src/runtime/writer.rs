@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::Context;
 use crate::Error;
-use crate::conditions::{merged_status, newly_true, wanted_conditions};
+use crate::conditions::{merged_status, newly_true, wanted_with_health};
 use crate::crd::{OperatorPort, OperatorPortStatus};
 use crate::inventory::Desired;
 use crate::reconcile::{Action, MANAGER, owned_labels, plan};
@@ -96,7 +96,7 @@ async fn execute(
             ctx.metrics.applies.fetch_add(1, Ordering::Relaxed);
             let status = merged_status(
                 applied.status.as_ref(),
-                &wanted_conditions(&want.findings),
+                &wanted_with_health(&want.findings, want.health.as_ref()),
                 &want.agents,
                 applied.metadata.generation,
                 Timestamp::now(),
