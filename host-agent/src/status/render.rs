@@ -159,19 +159,6 @@ pub fn report(r: &StatusReport) -> String {
     t
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(duration(45), "45s");
-        assert_eq!(duration(125), "2m 5s");
-        assert_eq!(duration(3 * 3600 + 120), "3h 2m");
-        assert_eq!(duration(2 * 86400 + 3600), "2d 1h");
-    }
-}
-
 /// Bytes in binary units, as `ls -h` and kubectl show sizes ("1.5 MiB").
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -185,5 +172,26 @@ fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(125), "2m 5s");
+        assert_eq!(duration(3 * 3600 + 120), "3h 2m");
+        assert_eq!(duration(2 * 86400 + 3600), "2d 1h");
+    }
+
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(super::bytes(0), "0 B");
+        assert_eq!(super::bytes(1023), "1023 B");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
+        assert_eq!(super::bytes(5 << 30), "5.0 GiB");
     }
 }
