@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use portplane_e2e::agents::{agent_token, up_report};
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{Scope, condition, eventually};
-use portplane_e2e::helm::HelmController;
+use portplane_e2e::helm::{HelmController, Pod};
 
 const NS: &str = "portplane";
 const LEASE: &str = "portplane-helm";
@@ -137,6 +138,35 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
     );
     assert_eq!(helm.metric(standby, "portplane_leader"), Some(0.0));
 
+    // An agent reports over the chart's TLS with its own ServiceAccount
+    // token: the in-cluster controller reviews it (its tokenreviews RBAC)
+    // and writes the tunnel into status. The standby refuses reports.
+    let token = agent_token(&plane, NS, "panda");
+    let ca = plane
+        .kubectl_output(&[
+            "get",
+            "configmap",
+            "pp-controller-agent-ca",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+        .unwrap();
+    assert_eq!(
+        report_to(leading, helm.grpc_port, &ca, &token),
+        Ok(()),
+        "the leader refused the report; logs:\n{}",
+        helm.logs()
+    );
+    s.wait_oport("helm-kube-apiserver", "panda's tunnel Up, Ready", |o| {
+        o["status"]["agents"][0]["name"] == "panda"
+            && o["status"]["agents"][0]["tunnel"] == "Up"
+            && condition(o, "Ready").is_some_and(|c| c["status"] == "True")
+    });
+    let refused = report_to(standby, helm.grpc_port, &ca, &token).unwrap_err();
+    assert!(refused.contains("Unavailable") && refused.contains("standby"), "{refused}");
+
     // The leader's pod is deleted: it releases the lease on SIGTERM and the
     // standby writes within the lease duration.
     plane
@@ -224,4 +254,39 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
         .kubectl_output(&["get", "crd", "operatorports.portplane.dev"])
         .unwrap();
     assert!(s.oport("helm.web.80").is_some());
+}
+
+/// One report of agent "panda" to `pod` over TLS (the chart's CA; the
+/// certificate names localhost, not the pod's loopback address) with
+/// `token`; the gRPC status as text on refusal.
+fn report_to(pod: &Pod, port: u16, ca: &str, token: &str) -> Result<(), String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        let channel = Endpoint::from_shared(format!("https://{}:{port}", pod.ip))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {}: {e:?}", pod.name))?;
+        let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        let mut client =
+            portplane_proto::v1alpha1::port_inventory_client::PortInventoryClient::with_interceptor(
+                channel,
+                move |mut r: tonic::Request<()>| {
+                    r.metadata_mut().insert("authorization", header.clone());
+                    Ok(r)
+                },
+            );
+        client
+            .report(up_report("panda", "helm-kube-apiserver", 1))
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{s:?}"))
+    })
 }
