@@ -103,7 +103,10 @@ fn doctor_passes_on_the_real_stack_and_each_fault_fails_its_own_check() {
     let scope = Scope::new(plane, "doctor");
     let mut sshd = Sshd::start().unwrap();
     let (kube, talos, runtime) = (listen_port(), listen_port(), listen_port());
-    let controller = Controller::start(plane, &scoped_config("doctor", ""));
+    let controller = Controller::start(
+        plane,
+        &scoped_config("doctor", "agents: {namespace: doctor}\n"),
+    );
     scope.apply(&scope.service_yaml(
         "redis",
         "ClusterIP",
@@ -120,6 +123,11 @@ fn doctor_passes_on_the_real_stack_and_each_fault_fails_its_own_check() {
     std::fs::write(&kubeconfig, kubeconfig_named(plane, cluster)).unwrap();
     std::fs::write(&talosconfig_path, talosconfig(plane, cluster)).unwrap();
     let cache = dir.path().join("cache/inventory.json");
+    // The agent ("test") authenticates as ServiceAccount portplane-agent-test.
+    let token = portplane_e2e::agents::write_token(
+        dir.path(),
+        &portplane_e2e::agents::agent_token(plane, "doctor", "test"),
+    );
     let config_text = config_for(
         &sshd,
         &[
@@ -140,11 +148,12 @@ fn doctor_passes_on_the_real_stack_and_each_fault_fails_its_own_check() {
         + &format!(
             "\n[kubeconfig]\npath = \"{}\"\ncluster = \"portplane-local\"\nforward = \"kube-apiserver\"\n\
              [talosconfig]\npath = \"{}\"\ncontext = \"portplane-local\"\nforward = \"talos-api\"\nnode = \"10.5.0.2\"\n\
-             [controller]\nendpoint = \"http://127.0.0.1:{}\"\ninventory_cache = \"{}\"\n",
+             [controller]\nendpoint = \"http://127.0.0.1:{}\"\ninventory_cache = \"{}\"\ntoken_file = \"{}\"\n",
             kubeconfig.display(),
             talosconfig_path.display(),
             controller.grpc_port,
-            cache.display()
+            cache.display(),
+            token.display()
         );
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, &config_text).unwrap();

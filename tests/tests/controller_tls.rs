@@ -49,6 +49,10 @@ fn helm(plane: &ControlPlane, verb: &str) {
         .args([verb, NS, "-n", NS, "--create-namespace"])
         .arg(repo_root().join("charts/portplane"))
         .args([
+            // The CRD is in place already (installed with kubectl by the
+            // test's Scope); a chart-owned copy would clash with it.
+            "--set",
+            "crds.install=false",
             "--set",
             "config.instance=tlsa",
             "--set",

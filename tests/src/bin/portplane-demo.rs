@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use portplane_e2e::agent_cli;
+use portplane_e2e::docker::Docker;
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::helm::HelmController;
 use portplane_e2e::sshd::Sshd;
@@ -61,6 +62,14 @@ fn main() -> anyhow::Result<()> {
         controller.leader("portplane-controller").ok().flatten()
     })
     .context("no controller pod took the lease")?;
+    // Without kube-proxy here the agent dials the leader's pod directly (a
+    // standby refuses reports); on a real cluster it dials the Service.
+    let leader_ip = controller
+        .pods()?
+        .into_iter()
+        .find(|p| p.name == leader)
+        .map(|p| p.ip)
+        .context("the leader pod has no address")?;
     println!(
         "  lease portplane-controller held by {leader}; the other pod serves agents and waits"
     );
@@ -79,6 +88,19 @@ fn main() -> anyhow::Result<()> {
         "  {} (host {})",
         sshd.ssh_config_path().display(),
         sshd.host_alias()
+    );
+
+    step("a real dockerd in the VM stand-in: the Talos node container with the seed's port maps");
+    let docker = Docker::start()?;
+    docker.import_busybox()?;
+    // Published on 127.0.0.3, an address of their own; nothing dials them.
+    docker.talos_node(
+        "joelclaw-controlplane-1",
+        &["127.0.0.3:9627:3000", "127.0.0.3:7880:7880", "127.0.0.3:3111:3111"],
+    )?;
+    print!(
+        "{}",
+        docker.docker(&["ps", "--format", "table {{.Names}}\t{{.Ports}}"])?
     );
 
     step("portplane-agent run: the operator tunnel over its own SSH connection");
@@ -112,7 +134,13 @@ fn main() -> anyhow::Result<()> {
              [[forward]]\nname = \"talos-api\"\nlisten = \"127.0.0.1:{talos_port}\"\n\
              target = \"127.0.0.1:{talos_target}\"\n\n\
              [kubeconfig]\npath = \"{kubeconfig}\"\ncluster = \"joelclaw\"\n\n\
-             [talosconfig]\npath = \"{talosconfig}\"\ncontext = \"joelclaw\"\n",
+             [talosconfig]\npath = \"{talosconfig}\"\ncontext = \"joelclaw\"\n\n\
+             [controller]\nendpoint = \"https://{leader_ip}:{grpc_port}\"\n\
+             tls_server_name = \"localhost\"\nnamespace = \"portplane\"\n\
+             token_file = \"{work}/agent-token\"\nca_file = \"{work}/controller-ca.crt\"\n\
+             inventory_cache = \"{work}/inventory.json\"\n\n\
+             [docker]\ncommand = \"docker -H {docker_host}\"\ninterval = \"2s\"\n\n\
+             [second_owners]\ninterval = \"2s\"\n",
             ssh_config = sshd.ssh_config_path().display(),
             host = sshd.host_alias(),
             api_port = plane.apiserver_port()?,
@@ -122,6 +150,9 @@ fn main() -> anyhow::Result<()> {
             socket = work.path().join("state/agent.sock").display(),
             kubeconfig = kubeconfig.display(),
             talosconfig = talosconfig.display(),
+            grpc_port = controller.grpc_port,
+            work = work.path().display(),
+            docker_host = docker.host(),
         ),
     )?;
     let agent = Agent::start(&agent_config, &work.path().join("agent.log"))?;
@@ -154,6 +185,33 @@ fn main() -> anyhow::Result<()> {
         indent(&std::fs::read_to_string(&talosconfig)?)
     );
 
+    step("portplane-agent enroll: the host's ServiceAccount token and the controller's CA, through the tunnel");
+    let enroll = Command::new(workspace_bin("portplane-agent"))
+        .arg("enroll")
+        .arg("--config")
+        .arg(&agent_config)
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&enroll.stdout));
+    anyhow::ensure!(
+        enroll.status.success(),
+        "portplane-agent enroll failed: {}",
+        String::from_utf8_lossy(&enroll.stderr)
+    );
+    // The running agent picks the token up when it next connects.
+    wait_until(Duration::from_secs(60), || {
+        plane
+            .kubectl_output(&[
+                "get",
+                "operatorport",
+                "kube-apiserver",
+                "-o",
+                "jsonpath={.status.agents[0].name}={.status.agents[0].tunnel}",
+            ])
+            .is_ok_and(|o| o == "demo=Up")
+    })
+    .with_context(|| format!("the agent never reported its tunnel Up; its log:\n{}", agent.log()))?;
+    println!("  the agent reports over TLS as ServiceAccount portplane/portplane-agent-demo");
+
     step("the live port inventory: kubectl get operatorports");
     wait_until(Duration::from_secs(20), || {
         plane
@@ -161,7 +219,20 @@ fn main() -> anyhow::Result<()> {
             .is_ok_and(|o| o.contains("joelclaw.redis.6379"))
     })
     .context("the controller did not publish the seed's inventory")?;
-    show(plane.kubectl().args(["get", "operatorports"]))?;
+    // The PDS's host endpoint comes from Docker's map, read by the agent.
+    wait_until(Duration::from_secs(30), || {
+        plane
+            .kubectl_output(&[
+                "get",
+                "operatorport",
+                "joelclaw.bluesky-pds.3000",
+                "-o",
+                "jsonpath={.spec.endpoint}",
+            ])
+            .is_ok_and(|o| o == "127.0.0.1:9627")
+    })
+    .with_context(|| format!("the PDS never got its host endpoint; agent log:\n{}", agent.log()))?;
+    show(plane.kubectl().args(["get", "operatorports", "-o", "wide"]))?;
 
     step("what portplane flags (conditions on the OperatorPorts, Events on the Services)");
     show(plane.kubectl().args([
@@ -193,6 +264,7 @@ fn main() -> anyhow::Result<()> {
     }
     step("stopping everything this demo started");
     drop(agent);
+    drop(docker);
     drop(sshd);
     drop(controller);
     drop(plane);
