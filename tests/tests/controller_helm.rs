@@ -165,7 +165,10 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
             && condition(o, "Ready").is_some_and(|c| c["status"] == "True")
     });
     let refused = report_to(standby, helm.grpc_port, &ca, &token).unwrap_err();
-    assert!(refused.contains("Unavailable") && refused.contains("standby"), "{refused}");
+    assert!(
+        refused.contains("Unavailable") && refused.contains("standby"),
+        "{refused}"
+    );
 
     // The leader's pod is deleted: it releases the lease on SIGTERM and the
     // standby writes within the lease duration.

@@ -52,7 +52,26 @@ pub fn runtime_ports(config: &AgentConfig) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut clean = true;
     for rp in &inventory.runtime_ports {
-        for port in [rp.port, rp.node_port].into_iter().filter(|p| *p != 0) {
+        let mut ports = vec![rp.port, rp.node_port];
+        ports.retain(|p| *p != 0);
+        ports.dedup();
+        for port in ports {
+            // The agent holds its operator ports by right; a runtime port on
+            // the same number is the cluster's mistake (the controller marks
+            // it OperatorPortClash), not a process to stop here.
+            if let Some(forward) = config.forwards.iter().find(|f| f.listen.port() == port) {
+                checks.push(Check::warn(
+                    CAT,
+                    &format!("runtime-port-{port}"),
+                    format!("runtime port {port} ({}) has no second owner", rp.name),
+                    format!(
+                        "{port} is the local port of operator port {}, which this agent holds; the runtime cannot publish it on this host (the controller reports OperatorPortClash)",
+                        forward.name
+                    ),
+                    format!("give {} another port", rp.name),
+                ));
+                continue;
+            }
             let strays: Vec<Holder> = port_holder::holders(port)
                 .into_iter()
                 .filter(|h| !is_runtime_owner(h))

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use portplane_e2e::agent_cli;
-use portplane_e2e::docker::Docker;
 use portplane_e2e::cluster::ControlPlane;
+use portplane_e2e::docker::Docker;
 use portplane_e2e::helm::HelmController;
 use portplane_e2e::sshd::Sshd;
 use portplane_e2e::{free_port, workspace_bin};
@@ -92,15 +92,24 @@ fn main() -> anyhow::Result<()> {
 
     step("a real dockerd in the VM stand-in: the Talos node container with the seed's port maps");
     let docker = Docker::start()?;
-    docker.import_busybox()?;
     // Published on 127.0.0.3, an address of their own; nothing dials them.
     docker.talos_node(
         "joelclaw-controlplane-1",
-        &["127.0.0.3:9627:3000", "127.0.0.3:7880:7880", "127.0.0.3:3111:3111"],
+        &[
+            "127.0.0.3:9627:3000",
+            "127.0.0.3:7880:7880",
+            "127.0.0.3:3111:3111",
+        ],
     )?;
+    // Docker's record of the maps (what the agent reads over SSH).
     print!(
-        "{}",
-        docker.docker(&["ps", "--format", "table {{.Names}}\t{{.Ports}}"])?
+        "  joelclaw-controlplane-1 ports: {}",
+        docker.docker(&[
+            "inspect",
+            "--format",
+            "{{json .HostConfig.PortBindings}}",
+            "joelclaw-controlplane-1",
+        ])?
     );
 
     step("portplane-agent run: the operator tunnel over its own SSH connection");
@@ -180,12 +189,22 @@ fn main() -> anyhow::Result<()> {
             .args(["get", "namespaces"]),
     )?;
     println!("\n  kubeconfig server now: {}", server_line(&kubeconfig));
-    println!(
-        "  talosconfig:\n{}",
-        indent(&std::fs::read_to_string(&talosconfig)?)
-    );
+    // The credentials (ca, crt, key) are left out of the printout.
+    let talos_text = std::fs::read_to_string(&talosconfig)?;
+    let shown: String = talos_text
+        .lines()
+        .filter(|l| {
+            !["ca:", "crt:", "key:"]
+                .iter()
+                .any(|k| l.trim_start().starts_with(k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    println!("  talosconfig (credentials left out):\n{}", indent(&shown));
 
-    step("portplane-agent enroll: the host's ServiceAccount token and the controller's CA, through the tunnel");
+    step(
+        "portplane-agent enroll: the host's ServiceAccount token and the controller's CA, through the tunnel",
+    );
     let enroll = Command::new(workspace_bin("portplane-agent"))
         .arg("enroll")
         .arg("--config")
@@ -209,7 +228,12 @@ fn main() -> anyhow::Result<()> {
             ])
             .is_ok_and(|o| o == "demo=Up")
     })
-    .with_context(|| format!("the agent never reported its tunnel Up; its log:\n{}", agent.log()))?;
+    .with_context(|| {
+        format!(
+            "the agent never reported its tunnel Up; its log:\n{}",
+            agent.log()
+        )
+    })?;
     println!("  the agent reports over TLS as ServiceAccount portplane/portplane-agent-demo");
 
     step("the live port inventory: kubectl get operatorports");
@@ -231,7 +255,12 @@ fn main() -> anyhow::Result<()> {
             ])
             .is_ok_and(|o| o == "127.0.0.1:9627")
     })
-    .with_context(|| format!("the PDS never got its host endpoint; agent log:\n{}", agent.log()))?;
+    .with_context(|| {
+        format!(
+            "the PDS never got its host endpoint; agent log:\n{}",
+            agent.log()
+        )
+    })?;
     show(plane.kubectl().args(["get", "operatorports", "-o", "wide"]))?;
 
     step("what portplane flags (conditions on the OperatorPorts, Events on the Services)");
