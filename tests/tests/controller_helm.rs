@@ -264,20 +264,22 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
 /// `token`; the gRPC status as text on refusal.
 fn report_to(pod: &Pod, port: u16, ca: &str, token: &str) -> Result<(), String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     runtime.block_on(async {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
             .domain_name("localhost");
         let channel = Endpoint::from_shared(format!("https://{}:{port}", pod.ip))
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .tls_config(tls)
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await
             .map_err(|e| format!("connect to {}: {e:?}", pod.name))?;
-        let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
+            .parse()
+            .map_err(|e| format!("token as header: {e}"))?;
         let mut client =
             portplane_proto::v1alpha1::port_inventory_client::PortInventoryClient::with_interceptor(
                 channel,
