@@ -113,56 +113,32 @@ fn from_proc(ports: &BTreeSet<u16>) -> Vec<pb::SecondOwner> {
     if by_inode.is_empty() {
         return Vec::new();
     }
+    let inodes = by_inode.keys().copied().collect();
     let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+    for (pid, inode) in crate::tunnel::port_holder::socket_holders(&inodes) {
+        let Some((port, address)) = by_inode.get(&inode) else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(link) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let link = link.to_string_lossy();
-            let Some(inode) = link
-                .strip_prefix("socket:[")
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|i| i.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if let Some((port, address)) = by_inode.get(&inode) {
-                let process = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                let command = std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| {
-                        c.split(|b| *b == 0)
-                            .filter(|a| !a.is_empty())
-                            .map(|a| String::from_utf8_lossy(a).into_owned())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default();
-                out.push(pb::SecondOwner {
-                    port: u32::from(*port),
-                    address: address.clone(),
-                    pid,
-                    process,
-                    command: command.chars().take(MAX_COMMAND).collect(),
-                });
-            }
-        }
+        let process = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        out.push(pb::SecondOwner {
+            port: u32::from(*port),
+            address: address.clone(),
+            pid,
+            process,
+            command: command.chars().take(MAX_COMMAND).collect(),
+        });
     }
     out
 }

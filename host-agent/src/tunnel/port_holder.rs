@@ -38,12 +38,31 @@ pub fn holders(port: u16) -> Vec<Holder> {
 }
 
 fn from_proc(port: u16) -> Vec<Holder> {
-    let mut inodes = Vec::new();
+    let mut inodes = std::collections::HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(table) {
             inodes.extend(listening_inodes(&text, port));
         }
     }
+    let mut found: Vec<Holder> = Vec::new();
+    for (pid, _) in socket_holders(&inodes) {
+        if found.iter().any(|h| h.pid == pid) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        found.push(Holder {
+            pid,
+            uid: proc_uid(pid),
+            command: comm.trim().to_string(),
+        });
+    }
+    found
+}
+
+/// Every (pid, socket inode) such that process `pid` holds one of `inodes`
+/// open, read from `/proc/<pid>/fd` (Linux). Processes that vanish or that
+/// we may not inspect are skipped.
+pub fn socket_holders(inodes: &std::collections::HashSet<u64>) -> Vec<(u32, u64)> {
     let mut found = Vec::new();
     if inodes.is_empty() {
         return found;
@@ -66,15 +85,13 @@ fn from_proc(port: u16) -> Vec<Holder> {
             let Ok(link) = std::fs::read_link(fd.path()) else {
                 continue;
             };
-            let link = link.to_string_lossy();
-            if inodes.iter().any(|i| link == format!("socket:[{i}]")) {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                found.push(Holder {
-                    pid,
-                    uid: proc_uid(pid),
-                    command: comm.trim().to_string(),
-                });
-                break;
+            let inode = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|i| i.parse::<u64>().ok());
+            if let Some(inode) = inode.filter(|i| inodes.contains(i)) {
+                found.push((pid, inode));
             }
         }
     }
