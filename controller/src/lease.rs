@@ -265,10 +265,10 @@ fn publish(
                 "leadership changed"
             );
         }
-        // A renewed deadline is news to writers too, but not a change of leader.
-        let modified = *was != leadership;
+        // A renewed deadline is stored for the next reader without waking
+        // anyone: only a change of leader is worth a reconcile.
         *was = leadership;
-        modified
+        changed
     });
 }
 
