@@ -176,18 +176,26 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
         .kubectl_output(&["delete", "pod", &leading.name, "-n", NS, "--wait=false"])
         .unwrap();
     let deleted = Instant::now();
-    s.apply(&s.service_yaml("late", "ClusterIP", &[(81, None)], &expose));
-    s.wait_oport("helm.late.81", "written by the new leader", |_| true);
+    eventually(
+        Duration::from_secs(30),
+        "the standby holds the lease",
+        || (helm.leader(LEASE).ok()?.as_deref() == Some(standby.name.as_str())).then_some(()),
+    );
     let handover = deleted.elapsed();
     assert!(
         handover < Duration::from_secs(6),
         "handover took {handover:?}, over the 6 s lease; logs:\n{}",
         helm.logs()
     );
-    assert!(helm.writes(standby).unwrap() > 0);
-    assert_eq!(
-        helm.leader(LEASE).unwrap().as_deref(),
-        Some(standby.name.as_str())
+    // The new leader writes (the old one may still be draining, so the
+    // change comes after the handover).
+    let before = helm.writes(standby).unwrap();
+    s.apply(&s.service_yaml("late", "ClusterIP", &[(81, None)], &expose));
+    s.wait_oport("helm.late.81", "written by the new leader", |_| true);
+    eventually(
+        Duration::from_secs(10),
+        "the new leader's writes counted",
+        || (helm.writes(standby)? > before).then_some(()),
     );
     // The Deployment replaces the pod; both Ready again.
     eventually(Duration::from_secs(120), "two Ready pods again", || {
