@@ -190,28 +190,39 @@ fn write_temp(
 ) -> Result<PathBuf, RewriteError> {
     let temp = target.with_file_name(format!("{}{}.tmp", temp_prefix(target), std::process::id()));
     let _ = fs::remove_file(&temp);
+    write_new(&temp, bytes, |file| {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| RewriteError::io(&temp, "set the mode of", e))?;
+        keep_owner(file, target, like)
+    })?;
+    Ok(temp)
+}
+
+/// Create `temp` (which must not exist; mode 0600 until `prepare` says
+/// otherwise), write `bytes`, let `prepare` adjust the open file, fsync.
+/// On any error the half-written file is removed.
+fn write_new(
+    temp: &Path,
+    bytes: &[u8],
+    prepare: impl FnOnce(&File) -> Result<(), RewriteError>,
+) -> Result<(), RewriteError> {
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&temp)
-            .map_err(|e| RewriteError::io(&temp, "create", e))?;
+            .open(temp)
+            .map_err(|e| RewriteError::io(temp, "create", e))?;
         file.write_all(bytes)
-            .map_err(|e| RewriteError::io(&temp, "write", e))?;
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| RewriteError::io(&temp, "set the mode of", e))?;
-        keep_owner(&file, target, like)?;
+            .map_err(|e| RewriteError::io(temp, "write", e))?;
+        prepare(&file)?;
         file.sync_all()
-            .map_err(|e| RewriteError::io(&temp, "fsync", e))
+            .map_err(|e| RewriteError::io(temp, "fsync", e))
     })();
-    match result {
-        Ok(()) => Ok(temp),
-        Err(e) => {
-            let _ = fs::remove_file(&temp);
-            Err(e)
-        }
+    if result.is_err() {
+        let _ = fs::remove_file(temp);
     }
+    result
 }
 
 fn keep_owner(file: &File, target: &Path, like: &fs::Metadata) -> Result<(), RewriteError> {
@@ -253,22 +264,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RewriteError> {
         temp_prefix(path),
         std::process::id()
     ));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| RewriteError::io(&temp, "create", e))?;
-        file.write_all(bytes)
-            .map_err(|e| RewriteError::io(&temp, "write", e))?;
-        file.sync_all()
-            .map_err(|e| RewriteError::io(&temp, "fsync", e))
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(e);
-    }
+    write_new(&temp, bytes, |_| Ok(()))?;
     rename_and_sync(&temp, path)
 }
 
