@@ -208,7 +208,7 @@ async fn session(
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(with_causes(&e)))?;
-    let mut client = PortInventoryClient::with_interceptor(channel, authorize(bearer));
+    let mut client = PortInventoryClient::with_interceptor(channel, Authorize(bearer));
     let mut stream = within(client.watch_inventory(pb::WatchInventoryRequest {
         agent: agent.into(),
     }))
@@ -219,6 +219,10 @@ async fn session(
     status.link.update(|l| l.last_error = None);
     let mut reporter = client.clone();
     let mut tick = tokio::time::interval(REPORT_EVERY);
+    // A tunnel going Up or Down is reported at once, not at the next tick:
+    // the OperatorPort's Ready follows it within a round trip.
+    let mut changes = status.pool.subscribe();
+    let mut reported_up = None;
     loop {
         tokio::select! {
             message = stream.message() => {
@@ -233,11 +237,29 @@ async fn session(
                 }
             }
             _ = tick.tick() => {
-                within(reporter.report(status.report(agent))).await?;
-                status.link.update(|l| l.last_report = Some(SystemTime::now()));
+                reported_up = Some(send_report(&mut reporter, status, agent).await?);
+            }
+            () = changes.changed() => {
+                if reported_up != Some(status.pool.live_sessions() > 0) {
+                    reported_up = Some(send_report(&mut reporter, status, agent).await?);
+                }
             }
         }
     }
+}
+
+/// One report of the state as it is now; returns whether it said Up.
+async fn send_report(
+    reporter: &mut Client,
+    status: &TunnelStatus,
+    agent: &str,
+) -> Result<bool, tonic::Status> {
+    let up = status.pool.live_sessions() > 0;
+    within(reporter.report(status.report(agent))).await?;
+    status
+        .link
+        .update(|l| l.last_report = Some(SystemTime::now()));
+    Ok(up)
 }
 
 /// The `authorization` value for this connection, from the token file as it
@@ -261,16 +283,24 @@ fn bearer(controller: &ControllerSection) -> Result<MetadataValue<Ascii>, tonic:
 }
 
 /// Adds the bearer token to every call.
-fn authorize(
-    header: MetadataValue<Ascii>,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    move |mut request| {
+#[derive(Clone)]
+struct Authorize(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Authorize {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         request
             .metadata_mut()
-            .insert("authorization", header.clone());
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
+
+type Client = PortInventoryClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorize>,
+>;
 
 fn cached(inventory: &pb::Inventory) -> CachedInventory {
     CachedInventory {

@@ -7,6 +7,7 @@
 mod exposure;
 pub mod health;
 mod names;
+mod unmapped;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -125,6 +126,12 @@ pub fn desired_inventory<'a>(
         desired.insert(port.name.clone(), want);
     }
     validate::cross_check(&mut desired, &agents.host_ports, config);
+    let operator_targets = config
+        .operator_ports
+        .iter()
+        .filter_map(|p| p.target.rsplit_once(':')?.1.parse().ok())
+        .collect();
+    unmapped::add_unmapped(&mut desired, &agents.host_ports, &operator_targets);
     validate::second_owners(&mut desired, agents);
     crate::bounds::cap_desired(&mut desired);
     desired
