@@ -168,15 +168,18 @@ pub async fn keep_polling(
     let command = command(&config);
     let mut tick = tokio::time::interval(config.docker.interval);
     let mut changes = tunnel.subscribe();
-    let mut was_up = tunnel.live_sessions() > 0;
+    // The oldest live session's start: it moves when every session was lost
+    // and one came back (a VM restart), even if this task saw the loss and
+    // the return as one change; a younger session reconnecting leaves it.
+    let mut up_since = tunnel.up_since();
     let mut last_error: Option<String> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = changes.changed() => {
-                let up = tunnel.live_sessions() > 0;
-                let reconnected = up && !was_up;
-                was_up = up;
+                let now = tunnel.up_since();
+                let reconnected = now.is_some() && now != up_since;
+                up_since = now;
                 if !reconnected {
                     continue;
                 }
