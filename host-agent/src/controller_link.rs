@@ -23,7 +23,6 @@ use crate::tunnel::listener::Counters;
 use crate::tunnel::pool::Pool;
 use tonic::metadata::{Ascii, MetadataValue};
 
-const REPORT_EVERY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a unary call (or the start of the inventory stream) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -218,7 +217,7 @@ async fn session(
     status.link.connected.store(true, Ordering::Relaxed);
     status.link.update(|l| l.last_error = None);
     let mut reporter = client.clone();
-    let mut tick = tokio::time::interval(REPORT_EVERY);
+    let mut tick = tokio::time::interval(controller.report_interval);
     // A tunnel going Up or Down is reported at once, not at the next tick:
     // the OperatorPort's Ready follows it within a round trip.
     let mut changes = status.pool.subscribe();
