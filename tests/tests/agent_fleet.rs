@@ -4,6 +4,8 @@
 //! killed goes stale and Ready follows within the TTL; the controller
 //! killed and restarted keeps every entry and the agents reconnect by
 //! themselves.
+// Test helpers: a failed setup panics the test that called it.
+#![allow(clippy::unwrap_used)]
 
 mod tunnel_support;
 
