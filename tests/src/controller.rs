@@ -115,7 +115,12 @@ impl Controller {
             .arg("--config")
             .arg(&self.config_path)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,portplane_controller=debug")
+            // Benchmarks set this to "info": debug logs every agent report.
+            .env(
+                "RUST_LOG",
+                std::env::var("PORTPLANE_CONTROLLER_LOG")
+                    .unwrap_or_else(|_| "info,portplane_controller=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
