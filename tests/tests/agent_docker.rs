@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use portplane_e2e::agents::{agent_token, write_token};
 use portplane_e2e::cluster::ControlPlane;
-use portplane_e2e::controller::{Controller, Scope, scoped_config};
+use portplane_e2e::controller::{Controller, Scope, agents_config};
 use portplane_e2e::docker::Docker;
 use portplane_e2e::sshd::Sshd;
 use tunnel_support::{Agent, config_for, echo_server, listen_port};
@@ -45,14 +45,10 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
     let plane = ControlPlane::shared();
     let scope = Scope::new(plane, SCOPE);
     let (listen, echo) = (listen_port(), echo_server());
+    let target = format!("127.0.0.1:{echo}");
     let controller = Controller::start(
         plane,
-        &scoped_config(
-            SCOPE,
-            &format!(
-                "operatorPorts:\n- {{name: agdk-kube-apiserver, local: '127.0.0.1:{listen}', target: '127.0.0.1:{echo}'}}\nagents: {{namespace: {SCOPE}}}\n"
-            ),
-        ),
+        &agents_config(SCOPE, "agdk-kube-apiserver", listen, &target, None),
     );
     scope.apply(&scope.service_yaml("bluesky-pds", "NodePort", &[(3000, Some(3000))], &[]));
     scope.apply(&scope.service_yaml("redis", "NodePort", &[(redis, Some(redis))], &[]));
@@ -88,13 +84,7 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
     .unwrap_or_else(|_| panic!("agent log:\n{}", agent.log()));
     assert_eq!(o["spec"]["exposures"][0]["hostPort"], 9627, "{o}");
     assert_eq!(o["spec"]["nodePort"], 3000);
-    let t = scope.wait_oport("agdk.typesense.8108", "NoHostPort", |o| {
-        portplane_e2e::controller::condition(o, "NoHostPort").is_some_and(|c| c["status"] == "True")
-    });
-    let message = portplane_e2e::controller::condition(&t, "NoHostPort").unwrap()["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (_, message) = scope.wait_condition("agdk.typesense.8108", "NoHostPort");
     assert!(
         message.contains("NodePort 8108") && message.contains("laptop"),
         "{message}"
@@ -107,13 +97,7 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
     // The map to container port 3001 leads nowhere: an object of its own,
     // not Ready, saying which nodePort to set; gone once a Service takes
     // NodePort 3001, which then shows the map's host endpoint.
-    let o = scope.wait_oport("hostport.9628.3001", "NoNodePort", |o| {
-        portplane_e2e::controller::condition(o, "NoNodePort").is_some_and(|c| c["status"] == "True")
-    });
-    let message = portplane_e2e::controller::condition(&o, "NoNodePort").unwrap()["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (o, message) = scope.wait_condition("hostport.9628.3001", "NoNodePort");
     assert!(
         message.contains("laptop") && message.contains("nodePort: 3001"),
         "{message}"
@@ -159,14 +143,7 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
             .unwrap(),
     );
     let pid = stray.0.id();
-    let o = scope.wait_oport(&redis_name, "SecondOwner naming the stray ssh", |o| {
-        portplane_e2e::controller::condition(o, "SecondOwner")
-            .is_some_and(|c| c["status"] == "True")
-    });
-    let message = portplane_e2e::controller::condition(&o, "SecondOwner").unwrap()["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (_, message) = scope.wait_condition(&redis_name, "SecondOwner");
     assert!(
         message.contains("host laptop")
             && message.contains(&format!("pid {pid} (ssh:"))
@@ -213,14 +190,10 @@ fn the_maps_are_read_again_after_the_tunnel_reconnects() {
     let plane = ControlPlane::shared();
     let scope = Scope::new(plane, SCOPE);
     let (listen, echo) = (listen_port(), echo_server());
+    let target = format!("127.0.0.1:{echo}");
     let controller = Controller::start(
         plane,
-        &scoped_config(
-            SCOPE,
-            &format!(
-                "operatorPorts:\n- {{name: agdkre-kube-apiserver, local: '127.0.0.1:{listen}', target: '127.0.0.1:{echo}'}}\nagents: {{namespace: {SCOPE}}}\n"
-            ),
-        ),
+        &agents_config(SCOPE, "agdkre-kube-apiserver", listen, &target, None),
     );
     scope.apply(&scope.service_yaml("pds", "NodePort", &[(3000, Some(node_port))], &[]));
     let mut sshd = Sshd::start().unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use portplane_e2e::agents::{agent_token, write_token};
 use portplane_e2e::cluster::ControlPlane;
-use portplane_e2e::controller::{Controller, Scope, condition, scoped_config};
+use portplane_e2e::controller::{Controller, Scope, agents_config, condition};
 use portplane_e2e::sshd::Sshd;
 use tunnel_support::{Agent, config_for, echo_server, listen_port};
 
@@ -101,13 +101,12 @@ fn three_agents_one_killed_goes_stale_and_a_restarted_controller_keeps_them() {
     let plane = ControlPlane::shared();
     let scope = Scope::new(plane, SCOPE);
     let echo = echo_server();
-    let config = scoped_config(
+    let config = agents_config(
         SCOPE,
-        &format!(
-            "operatorPorts:\n- {{name: {PORT}, local: '127.0.0.1:{}', target: '127.0.0.1:{echo}'}}\n\
-             agents: {{namespace: {SCOPE}, ttlSeconds: {TTL_SECONDS}}}\n",
-            listen_port()
-        ),
+        PORT,
+        listen_port(),
+        &format!("127.0.0.1:{echo}"),
+        Some(TTL_SECONDS),
     );
     let mut controller = Controller::start(plane, &config);
     let sshd = Sshd::start().unwrap();
@@ -246,16 +245,10 @@ fn a_tunnel_state_change_is_reported_at_once() {
     let plane = ControlPlane::shared();
     let scope = Scope::new(plane, SCOPE);
     let echo = echo_server();
+    let target = format!("127.0.0.1:{echo}");
     let controller = Controller::start(
         plane,
-        &scoped_config(
-            SCOPE,
-            &format!(
-                "operatorPorts:\n- {{name: {PORT}, local: '127.0.0.1:{}', target: '127.0.0.1:{echo}'}}\n\
-                 agents: {{namespace: {SCOPE}, ttlSeconds: 1200}}\n",
-                listen_port()
-            ),
-        ),
+        &agents_config(SCOPE, PORT, listen_port(), &target, Some(1200)),
     );
     let mut sshd = Sshd::start().unwrap();
     let link = Link {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use portplane_e2e::agents::{agent_token, write_token};
 use portplane_e2e::blackhole::Blackhole;
 use portplane_e2e::cluster::ControlPlane;
-use portplane_e2e::controller::{Controller, Scope, scoped_config};
+use portplane_e2e::controller::{Controller, Scope, agents_config};
 use portplane_e2e::sshd::Sshd;
 use tunnel_support::{Agent, config_for, echo_server, listen_port};
 
@@ -33,16 +33,10 @@ fn a_blackholed_link_is_noticed_by_keepalive_and_recovers() {
     let plane = ControlPlane::shared();
     let scope = Scope::new(plane, SCOPE);
     let echo = echo_server();
+    let target = format!("127.0.0.1:{echo}");
     let controller = Controller::start(
         plane,
-        &scoped_config(
-            SCOPE,
-            &format!(
-                "operatorPorts:\n- {{name: {PORT}, local: '127.0.0.1:{}', target: '127.0.0.1:{echo}'}}\n\
-                 agents: {{namespace: {SCOPE}, ttlSeconds: 1200}}\n",
-                listen_port()
-            ),
-        ),
+        &agents_config(SCOPE, PORT, listen_port(), &target, Some(1200)),
     );
     let relay = Blackhole::start(([127, 0, 0, 1], controller.grpc_port).into()).unwrap();
     let sshd = Sshd::start().unwrap();
