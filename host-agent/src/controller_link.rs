@@ -29,8 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 PINGs on the link, idle or not: a controller that vanished
 /// without a FIN (its node or the network went away) is noticed within
 /// interval + timeout, 10 s, however far apart the reports are.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `call`, or DeadlineExceeded after [`REQUEST_TIMEOUT`] (not set on the
 /// channel: it would also cut the long-lived inventory stream).

@@ -9,7 +9,8 @@
 //! keys and host-key policy (never Lima's ControlMaster socket), so the
 //! tunnel's sessions and their data path are not involved. Polled at start,
 //! every `[docker] interval` and after every tunnel reconnect; only while a
-//! controller is configured (the facts are for it). Failures are logged, the last good answer kept.
+//! controller is configured (the facts are for it). Failures are logged,
+//! the last good answer kept.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

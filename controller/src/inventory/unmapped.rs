@@ -27,7 +27,7 @@ pub fn unmapped_name(host_port: u16, container_port: u16, protocol: &str) -> Str
     )
 }
 
-/// Add an object for every map whose container port is no Service's
+/// Add an object for every map whose container port is no watched Service's
 /// NodePort (same protocol). Maps to an operator port's target port (the
 /// kube API's 6443, Talos's 50000, which Docker publishes for the node
 /// container) are the operator plane's business, not flagged.
