@@ -10,6 +10,9 @@ pub enum Error {
     },
     #[error("controller config {path}: {message}")]
     Config { path: PathBuf, message: String },
+    /// A config built in code rather than loaded (validated) from a file.
+    #[error("controller config: {0}")]
+    InvalidConfig(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("cannot build the Kubernetes client config: {0}")]

@@ -184,13 +184,9 @@ pub struct Forward {
     pub target: Target,
 }
 
-/// `host:port`, the host a name or an address as the SSH server resolves it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-}
+/// `host:port`, the host a name or an address as the SSH server resolves it
+/// (the one parser, shared with the controller's `operatorPorts[].target`).
+pub use portplane_core::HostPort as Target;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,23 +338,8 @@ impl AgentConfig {
                     "expected a non-empty name".into(),
                 ));
             }
-            if !f.listen.ip().is_loopback() {
-                return Err(invalid(
-                    format!("forward[{i}].listen"),
-                    format!(
-                        "{} is not a loopback address; operator ports listen on loopback only \
-                         (127.0.0.0/8 or ::1), e.g. \"127.0.0.1:{}\"",
-                        f.listen,
-                        f.listen.port()
-                    ),
-                ));
-            }
-            if f.listen.port() == 0 {
-                return Err(invalid(
-                    format!("forward[{i}].listen"),
-                    "expected a fixed port, not 0".into(),
-                ));
-            }
+            portplane_core::check_loopback_listen(f.listen)
+                .map_err(|problem| invalid(format!("forward[{i}].listen"), problem))?;
             if let Some(j) = self.forwards[..i].iter().position(|g| g.name == f.name) {
                 return Err(invalid(
                     format!("forward[{i}].name"),
@@ -387,13 +368,8 @@ impl AgentConfig {
         if let Some(c) = &self.controller {
             crate::link_tls::check_endpoint(&c.endpoint, c.insecure)
                 .map_err(|problem| invalid("controller.endpoint".into(), problem))?;
-            let ok = !c.namespace.is_empty()
-                && c.namespace.len() <= 63
-                && c.namespace
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !c.namespace.starts_with('-')
-                && !c.namespace.ends_with('-');
+            // A namespace name is one lowercase DNS label.
+            let ok = portplane_core::is_dns_subdomain(&c.namespace) && !c.namespace.contains('.');
             if !ok {
                 return Err(invalid(
                     "controller.namespace".into(),
@@ -435,42 +411,6 @@ impl Default for AgentConfig {
         };
         config.expand_home(&home_dir());
         config
-    }
-}
-
-impl std::str::FromStr for Target {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let expected = || format!("expected \"host:port\", e.g. \"10.5.0.2:6443\", got {s:?}");
-        let (host, port) = s.rsplit_once(':').ok_or_else(expected)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port.parse().map_err(|_| expected())?;
-        if host.is_empty() || port == 0 {
-            return Err(expected());
-        }
-        Ok(Target {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl TryFrom<String> for Target {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
     }
 }
 
