@@ -229,9 +229,9 @@ pub struct AgentStatus {
 
 /// The CRD as YAML, exactly what `portplane-controller crd` prints and the
 /// chart ships.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&OperatorPort::crd())
+    serde_saphyr::to_string(&OperatorPort::crd())
 }
 
 #[cfg(test)]
