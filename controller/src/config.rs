@@ -24,8 +24,13 @@ pub struct Config {
     pub node_ports: bool,
     /// Only Services matching this label selector are inventoried (empty: all).
     pub service_selector: String,
-    /// Value of the `portplane.dev/instance` label on owned objects; lets
-    /// several controllers share a cluster without touching each other's objects.
+    /// Value of the `portplane.dev/instance` label on the objects this
+    /// controller writes; it deletes only objects with its own value. It
+    /// does not make two controllers safe on one cluster: they share a field
+    /// manager, and an object both want (a declared operator port, a Service
+    /// both select) goes to whichever applied last. Run one controller per
+    /// cluster; the tests give controllers over disjoint Services on one test
+    /// control plane distinct values.
     pub instance: String,
     /// The ports the host agent owns.
     pub operator_ports: Vec<OperatorPortConfig>,

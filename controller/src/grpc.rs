@@ -184,7 +184,9 @@ pub struct Published {
     pub desired: Arc<Desired>,
 }
 
-struct Service {
+/// The `PortInventory` gRPC service: the published inventory it streams,
+/// the registry it records reports into, and what it checks callers with.
+struct PortInventoryService {
     inventory: watch::Receiver<Published>,
     agents: Arc<RwLock<AgentRegistry>>,
     leader: watch::Receiver<crate::lease::Leadership>,
@@ -195,7 +197,7 @@ struct Service {
     last_refusal_logged: std::sync::atomic::AtomicU64,
 }
 
-impl Service {
+impl PortInventoryService {
     /// The agent the call's bearer token stands for; refusals are counted
     /// and logged with the peer, never with the token.
     async fn caller<T>(&self, request: &Request<T>, call: &str) -> Result<String, Status> {
@@ -244,7 +246,7 @@ impl Service {
 type InventoryStream = Pin<Box<dyn Stream<Item = Result<pb::Inventory, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl PortInventory for Service {
+impl PortInventory for PortInventoryService {
     async fn report(
         &self,
         request: Request<pb::AgentReport>,
@@ -354,7 +356,7 @@ pub async fn serve(
         auth,
         metrics,
     } = shared;
-    let service = Service {
+    let service = PortInventoryService {
         inventory,
         agents,
         leader,

@@ -396,6 +396,44 @@ impl AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// What the kubeconfig and talosconfig rewrites need of this config: the
+    /// files, and the forwards' listen addresses as the values to write.
+    pub fn rewrite_plan(&self) -> crate::rewrite::apply::Plan {
+        use crate::rewrite::kubeconfig::KubeTarget;
+        use crate::rewrite::talosconfig::TalosTarget;
+        let kube = &self.kubeconfig;
+        let forward = self.forward(&kube.forward);
+        let listen = forward.map_or(SocketAddr::from(([127, 0, 0, 1], 16443)), |f| f.listen);
+        // The Talos apiserver certificate names 127.0.0.1 and the node
+        // address; on any other loopback address, verify against the node's
+        // name instead.
+        let tls_server_name = (listen.ip() != std::net::Ipv4Addr::LOCALHOST)
+            .then(|| forward.map(|f| f.target.host.clone()))
+            .flatten();
+        let talos = &self.talosconfig;
+        let endpoint = self
+            .forward(&talos.forward)
+            .map_or_else(|| "127.0.0.1:15000".to_string(), |f| f.listen.to_string());
+        crate::rewrite::apply::Plan {
+            kubeconfig_path: kube.path.clone(),
+            kube: KubeTarget {
+                cluster: kube.cluster.clone(),
+                server: format!("https://{listen}"),
+                tls_server_name,
+                insecure_skip_tls_verify: kube.insecure_skip_tls_verify,
+                prune_stale: kube.prune_stale,
+            },
+            talosconfig_path: talos.path.clone(),
+            talos: TalosTarget {
+                context: talos.context.clone(),
+                endpoint,
+                node: talos.node.clone(),
+            },
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         let mut config = AgentConfig {

@@ -15,10 +15,10 @@ use std::time::{Duration, SystemTime};
 use pb::port_inventory_client::PortInventoryClient;
 use portplane_proto::v1alpha1 as pb;
 
+use crate::backoff::{Backoff, jitter_seed};
 use crate::config::{AgentConfig, ControllerSection, Forward};
 use crate::ownership::CachedInventory;
 use crate::token;
-use crate::tunnel::backoff::{Backoff, jitter_seed};
 use crate::tunnel::listener::Counters;
 use crate::tunnel::pool::Pool;
 use tonic::metadata::{Ascii, MetadataValue};

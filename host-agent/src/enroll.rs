@@ -233,7 +233,8 @@ async fn write_ca(
 /// A client with the credentials of the kubeconfig the agent rewrites, on
 /// the newest generation of `[kubeconfig] cluster`.
 async fn client(config: &AgentConfig, env: &Env) -> Result<kube::Client, EnrollError> {
-    let path = kubeconfig_path(config, env).map_err(|e| EnrollError::Kubeconfig(e.to_string()))?;
+    let path = kubeconfig_path(&config.rewrite_plan(), env)
+        .map_err(|e| EnrollError::Kubeconfig(e.to_string()))?;
     let kubeconfig = Kubeconfig::read_from(&path)
         .map_err(|e| EnrollError::Kubeconfig(format!("{}: {e}", path.display())))?;
     let base = &config.kubeconfig.cluster;
