@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use portplane_core::inventory::{OperatorPortDecl, Policy};
-use portplane_core::names::is_dns_name;
+use portplane_core::names::{is_dns_name, is_lowercase_dns_label};
 use portplane_core::{HostPort, check_loopback_listen, is_dns_label, is_dns_subdomain};
 use serde::Deserialize;
 
@@ -248,7 +248,7 @@ impl Config {
             return Err("agents.ttlSeconds: expected a positive number of seconds".into());
         }
         if let Some(ns) = &self.agents.namespace
-            && !is_dns_label(ns)
+            && !is_lowercase_dns_label(ns)
         {
             return Err(format!(
                 "agents.namespace: expected a namespace name (a DNS label), got {ns:?}"

@@ -23,13 +23,16 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A lowercase DNS label, as Kubernetes requires of namespace names and
+/// label values such as an agent's name (RFC 1123 label).
+pub fn is_lowercase_dns_label(s: &str) -> bool {
+    is_dns_label(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
 /// A lowercase DNS subdomain, as Kubernetes requires of object names: at
 /// most 253 characters, dot-separated lowercase DNS labels.
 pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && !s.is_empty()
-        && s.split('.')
-            .all(|l| is_dns_label(l) && !l.bytes().any(|b| b.is_ascii_uppercase()))
+    s.len() <= 253 && !s.is_empty() && s.split('.').all(is_lowercase_dns_label)
 }
 
 /// A DNS name of one or more labels (any case), e.g. `tail1234.ts.net`.
@@ -48,6 +51,8 @@ mod tests {
         assert!(!is_dns_label("redis-"));
         assert!(!is_dns_label(&"a".repeat(64)));
         assert!(!is_dns_label("a.b"));
+        assert!(is_lowercase_dns_label("portplane"));
+        assert!(!is_lowercase_dns_label("Portplane"));
         assert!(is_dns_subdomain("kube-apiserver"));
         assert!(!is_dns_subdomain("Kube-apiserver"));
         assert!(is_dns_name("tail1234.ts.net"));

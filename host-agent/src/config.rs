@@ -368,8 +368,7 @@ impl AgentConfig {
         if let Some(c) = &self.controller {
             crate::link_tls::check_endpoint(&c.endpoint, c.insecure)
                 .map_err(|problem| invalid("controller.endpoint".into(), problem))?;
-            // A namespace name is one lowercase DNS label.
-            let ok = portplane_core::is_dns_subdomain(&c.namespace) && !c.namespace.contains('.');
+            let ok = portplane_core::names::is_lowercase_dns_label(&c.namespace);
             if !ok {
                 return Err(invalid(
                     "controller.namespace".into(),

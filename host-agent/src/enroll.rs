@@ -102,7 +102,7 @@ pub async fn enroll(
             path: config_path.into(),
         })?;
     let service_account = format!("{SERVICE_ACCOUNT_PREFIX}{}", config.name);
-    if !is_dns_label(&service_account) {
+    if !portplane_core::names::is_lowercase_dns_label(&service_account) {
         return Err(EnrollError::BadName {
             path: config_path.into(),
             name: config.name.clone(),
@@ -266,13 +266,4 @@ async fn client(config: &AgentConfig, env: &Env) -> Result<kube::Client, EnrollE
         })?;
     kube::Client::try_from(kube_config)
         .map_err(|e| EnrollError::Kubeconfig(format!("{}: {e}", path.display())))
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
