@@ -38,6 +38,7 @@ prepare: deps
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	CARGO=$(CARGO) scripts/check-core-pure
 
 test: prepare lint
 	$(CARGO) test --workspace --locked --no-fail-fast

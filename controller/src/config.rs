@@ -2,9 +2,12 @@
 //! seed's contract. Errors name the file, the key and what was expected.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 
+use portplane_core::inventory::{OperatorPortDecl, Policy};
+use portplane_core::names::{is_dns_name, is_lowercase_dns_label};
+use portplane_core::{HostPort, check_loopback_listen, is_dns_label, is_dns_subdomain};
 use serde::Deserialize;
 
 use crate::Error;
@@ -21,8 +24,13 @@ pub struct Config {
     pub node_ports: bool,
     /// Only Services matching this label selector are inventoried (empty: all).
     pub service_selector: String,
-    /// Value of the `portplane.dev/instance` label on owned objects; lets
-    /// several controllers share a cluster without touching each other's objects.
+    /// Value of the `portplane.dev/instance` label on the objects this
+    /// controller writes; it deletes only objects with its own value. It
+    /// does not make two controllers safe on one cluster: they share a field
+    /// manager, and an object both want (a declared operator port, a Service
+    /// both select) goes to whichever applied last. Run one controller per
+    /// cluster; the tests give controllers over disjoint Services on one test
+    /// control plane distinct values.
     pub instance: String,
     /// The ports the host agent owns.
     pub operator_ports: Vec<OperatorPortConfig>,
@@ -87,7 +95,8 @@ pub struct OperatorPortConfig {
     pub name: String,
     /// Loopback listen address of the agent, e.g. 127.0.0.1:16443.
     pub local: SocketAddr,
-    /// Target as seen from the SSH server, "host:port".
+    /// Target as seen from the SSH server, "host:port" (checked by
+    /// [`Config::policy`], so the error names this key).
     pub target: String,
 }
 
@@ -189,7 +198,7 @@ impl Config {
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| e.to_string())?
+            serde_saphyr::from_str(text).map_err(|e| e.to_string())?
         };
         config.validate()?;
         Ok(config)
@@ -200,7 +209,7 @@ impl Config {
         let mut ports = BTreeSet::new();
         for (i, port) in self.operator_ports.iter().enumerate() {
             let key = format!("operatorPorts[{i}]");
-            if !crate::inventory::is_dns_subdomain(&port.name) {
+            if !is_dns_subdomain(&port.name) {
                 return Err(format!(
                     "{key}.name: expected a lowercase DNS name (letters, digits, '-', '.'), got {:?}",
                     port.name
@@ -209,21 +218,15 @@ impl Config {
             if !names.insert(port.name.as_str()) {
                 return Err(format!("{key}.name: {:?} is declared twice", port.name));
             }
-            if !port.local.ip().is_loopback() {
-                return Err(format!(
-                    "{key}.local: expected a loopback address (127.0.0.0/8 or ::1), got {}",
-                    port.local
-                ));
-            }
+            check_loopback_listen(port.local).map_err(|e| format!("{key}.local: {e}"))?;
             if !ports.insert(port.local.port()) {
                 return Err(format!(
                     "{key}.local: port {} is declared twice",
                     port.local.port()
                 ));
             }
-            parse_target(&port.target)
-                .map_err(|e| format!("{key}.target: expected host:port, {e}"))?;
         }
+        self.policy()?;
         let lease = &self.lease;
         let deadline = lease.renew_deadline_seconds();
         if lease.renew_seconds == 0
@@ -245,7 +248,7 @@ impl Config {
             return Err("agents.ttlSeconds: expected a positive number of seconds".into());
         }
         if let Some(ns) = &self.agents.namespace
-            && !crate::inventory::is_dns_label(ns)
+            && !is_lowercase_dns_label(ns)
         {
             return Err(format!(
                 "agents.namespace: expected a namespace name (a DNS label), got {ns:?}"
@@ -254,20 +257,40 @@ impl Config {
         if self.resync_seconds == 0 {
             return Err("resyncSeconds: expected a positive number of seconds".into());
         }
-        if self.instance.is_empty() || !crate::inventory::is_dns_label(&self.instance) {
+        if self.instance.is_empty() || !is_dns_label(&self.instance) {
             return Err(format!(
                 "instance: expected a DNS label (a label value), got {:?}",
                 self.instance
             ));
         }
         if let Some(domain) = &self.tailnet_domain
-            && (domain.is_empty() || !domain.split('.').all(crate::inventory::is_dns_label))
+            && (domain.is_empty() || !is_dns_name(domain))
         {
             return Err(format!(
                 "tailnetDomain: expected a DNS name such as tail1234.ts.net, got {domain:?}"
             ));
         }
         Ok(())
+    }
+
+    /// What the inventory computation reads of this config; the error names
+    /// the `operatorPorts[i].target` that is not `host:port`.
+    pub fn policy(&self) -> Result<Policy, String> {
+        let mut operator_ports = Vec::with_capacity(self.operator_ports.len());
+        for (i, p) in self.operator_ports.iter().enumerate() {
+            let target = HostPort::parse(&p.target)
+                .map_err(|e| format!("operatorPorts[{i}].target: {e}"))?;
+            operator_ports.push(OperatorPortDecl {
+                name: p.name.clone(),
+                local: p.local,
+                target,
+            });
+        }
+        Ok(Policy {
+            tailnet_domain: self.tailnet_domain.clone(),
+            node_ports: self.node_ports,
+            operator_ports,
+        })
     }
 
     /// The agents' ServiceAccount namespace: config, then $POD_NAMESPACE,
@@ -303,25 +326,6 @@ pub fn check_plaintext(listen: SocketAddr, tls: bool, insecure: bool) -> Result<
     ))
 }
 
-/// Split "host:port" (IPv6 in brackets).
-pub fn parse_target(target: &str) -> Result<(String, u16), String> {
-    if let Ok(addr) = target.parse::<SocketAddr>() {
-        return Ok((addr.ip().to_string(), addr.port()));
-    }
-    let (host, port) = target
-        .rsplit_once(':')
-        .ok_or_else(|| format!("got {target:?} (no port)"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("got {target:?} (port is not a number 1-65535)"))?;
-    if host.is_empty()
-        || host.parse::<IpAddr>().is_err() && !host.split('.').all(crate::inventory::is_dns_label)
-    {
-        return Err(format!("got {target:?} (host is not an IP or DNS name)"));
-    }
-    Ok((host.to_string(), port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,7 +335,10 @@ mod tests {
         let config = Config::parse("").unwrap();
         assert_eq!(config, Config::default());
         assert_eq!(config.operator_ports[0].local.port(), 16443);
-        assert_eq!(config.operator_ports[1].target, "10.5.0.2:50000");
+        assert_eq!(
+            config.operator_ports[1].target.to_string(),
+            "10.5.0.2:50000"
+        );
         assert!(config.node_ports);
     }
 

@@ -141,91 +141,48 @@ pub struct OperatorPortSpec {
     pub target: Option<TargetEndpoint>,
 }
 
-/// Which half of the ownership contract a port belongs to.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum Plane {
-    /// Owned by the cluster runtime (Tailscale operator, Colima/Lima); never tunnelled by the agent.
-    Runtime,
-    /// Owned by the portplane host agent, which tunnels it on a dedicated loopback port.
-    Operator,
+// The nested types are the port model's own (`portplane_core::model`); their
+// doc comments are the schema's descriptions.
+pub use portplane_core::{
+    Exposure, ExposureKind, FqdnSource, LocalEndpoint, Plane, ServiceRef, TargetEndpoint,
+};
+
+impl From<&portplane_core::PortSpec> for OperatorPortSpec {
+    /// The CRD's spec is the core's, field by field, with the protocol
+    /// spelled as Kubernetes does (`TCP`, `UDP`, `SCTP`).
+    fn from(s: &portplane_core::PortSpec) -> Self {
+        OperatorPortSpec {
+            plane: s.plane,
+            port: s.port,
+            protocol: s.protocol.as_str().to_string(),
+            endpoint: s.endpoint.clone(),
+            owner: s.owner.clone(),
+            service: s.service.clone(),
+            target_port: s.target_port.clone(),
+            node_port: s.node_port,
+            exposures: s.exposures.clone(),
+            local: s.local.clone(),
+            target: s.target.clone(),
+        }
+    }
 }
 
-/// A namespaced Service.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceRef {
-    /// Namespace of the Service.
-    pub namespace: String,
-    /// Name of the Service.
-    pub name: String,
-}
-
-/// One path by which a port is reachable.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Exposure {
-    /// TailscaleService (annotation tailscale.com/expose), TailscaleLoadBalancer (loadBalancerClass tailscale) or NodePort (published through Lima/Docker).
-    pub kind: ExposureKind,
-    /// Tailnet hostname (MagicDNS label): tailscale.com/hostname, or <namespace>-<name> by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    /// Fully qualified tailnet name, without the trailing dot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fqdn: Option<String>,
-    /// Where the FQDN came from: ProxySecret (the Tailscale operator's proxy state), LoadBalancerStatus, or Predicted (hostname + configured tailnet domain).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fqdn_source: Option<FqdnSource>,
-    /// Tailnet IP addresses of the proxy, from its state Secret.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tailnet_ips: Vec<String>,
-    /// Tailscale ACL tags from tailscale.com/tags.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-    /// Host port that publishes the NodePort on the host (from agents' view of the Docker port map).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_port: Option<i32>,
-}
-
-/// The exposure path.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum ExposureKind {
-    /// Service annotated tailscale.com/expose: "true".
-    TailscaleService,
-    /// Service of type LoadBalancer with loadBalancerClass tailscale.
-    TailscaleLoadBalancer,
-    /// NodePort Service, published on the host through Lima/Docker port maps.
-    NodePort,
-}
-
-/// Where an FQDN came from.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum FqdnSource {
-    /// device_fqdn of the Tailscale operator's proxy state Secret.
-    ProxySecret,
-    /// The Service's .status.loadBalancer.ingress.
-    LoadBalancerStatus,
-    /// Hostname plus the configured tailnet domain; not yet confirmed by Tailscale.
-    Predicted,
-}
-
-/// A loopback listen address of the host agent.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LocalEndpoint {
-    /// Loopback IP address, e.g. 127.0.0.1.
-    pub address: String,
-    /// Local port, e.g. 16443.
-    pub port: i32,
-}
-
-/// A tunnel target as seen from the SSH server.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetEndpoint {
-    /// Host name or IP, e.g. 10.5.0.2.
-    pub host: String,
-    /// Port, e.g. 6443.
-    pub port: i32,
+impl OperatorPortSpec {
+    /// Whether this spec (as read from the API server) is `want`, without
+    /// building a copy of it (the reconcile loop compares every object).
+    pub fn is(&self, want: &portplane_core::PortSpec) -> bool {
+        self.plane == want.plane
+            && self.port == want.port
+            && self.protocol == want.protocol.as_str()
+            && self.endpoint == want.endpoint
+            && self.owner == want.owner
+            && self.service == want.service
+            && self.target_port == want.target_port
+            && self.node_port == want.node_port
+            && self.exposures == want.exposures
+            && self.local == want.local
+            && self.target == want.target
+    }
 }
 
 /// Observed state, written by the controller.
@@ -272,9 +229,9 @@ pub struct AgentStatus {
 
 /// The CRD as YAML, exactly what `portplane-controller crd` prints and the
 /// chart ships.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&OperatorPort::crd())
+    serde_saphyr::to_string(&OperatorPort::crd())
 }
 
 #[cfg(test)]

@@ -10,10 +10,11 @@ pub enum Error {
     },
     #[error("controller config {path}: {message}")]
     Config { path: PathBuf, message: String },
+    /// A config built in code rather than loaded (validated) from a file.
+    #[error("controller config: {0}")]
+    InvalidConfig(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("cannot build the Kubernetes client config: {0}")]
-    KubeConfig(#[from] kube::config::InferConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -25,10 +26,6 @@ pub enum Error {
     Plaintext(String),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    #[error("watch of {0} ended")]
-    WatchEnded(&'static str),
-    #[error("lease {0}: {1}")]
-    Lease(String, String),
     #[error("stopped writing: the lease ran out before the writes finished")]
     LeaseExpired,
 }

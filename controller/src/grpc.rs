@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
 use pb::port_inventory_server::{PortInventory, PortInventoryServer};
+use portplane_proto::convert;
 use portplane_proto::v1alpha1 as pb;
 use tokio::sync::{Notify, RwLock, watch};
 use tokio_stream::wrappers::WatchStream;
@@ -22,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, Authenticator, bearer};
 use crate::crd::{OperatorPort, Plane};
-use crate::inventory::{AgentReports, Desired, HostPortReport, SecondOwnerReport, TunnelReport};
+use crate::inventory::{AgentReports, Desired, TunnelReport};
 use crate::metrics::Metrics;
 use crate::{Error, bounds};
 use k8s_openapi::jiff::Timestamp;
@@ -95,12 +96,7 @@ impl AgentRegistry {
                     )
                 });
                 *at = (*at).max(seen);
-                let state = match entry.tunnel.as_str() {
-                    "Up" => pb::TunnelState::Up,
-                    "Down" => pb::TunnelState::Down,
-                    "Refused" => pb::TunnelState::Refused,
-                    _ => pb::TunnelState::Unspecified,
-                };
+                let state = convert::tunnel_state_from_status(&entry.tunnel);
                 report.tunnels.push(pb::TunnelReport {
                     forward: name.clone(),
                     state: state as i32,
@@ -136,46 +132,25 @@ impl AgentRegistry {
             } else {
                 &[]
             };
-            for h in host_ports {
-                let (Ok(host_port), Ok(container_port)) =
-                    (u16::try_from(h.host_port), u16::try_from(h.container_port))
-                else {
-                    continue;
-                };
-                out.host_ports.push(HostPortReport {
-                    agent: agent.clone(),
-                    host_port,
-                    container_port,
-                    protocol: if h.protocol.is_empty() {
-                        "TCP".into()
-                    } else {
-                        h.protocol.to_ascii_uppercase()
-                    },
-                });
-            }
+            out.host_ports.extend(
+                host_ports
+                    .iter()
+                    .filter_map(|h| convert::host_port(agent, h)),
+            );
             if age(*at) < REPORT_TTL {
                 for o in report.second_owners.iter().take(64) {
-                    let Ok(port) = u16::try_from(o.port) else {
+                    let Some(mut o) = convert::second_owner(agent, o) else {
                         continue;
                     };
-                    let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
-                    out.second_owners.push(SecondOwnerReport {
-                        agent: agent.clone(),
-                        port,
-                        address: cut(&o.address, 64),
-                        pid: o.pid,
-                        process: cut(&o.process, 64),
-                        command: cut(&o.command, 256),
-                    });
+                    let cut = |s: &mut String, n: usize| *s = s.chars().take(n).collect();
+                    cut(&mut o.address, 64);
+                    cut(&mut o.process, 64);
+                    cut(&mut o.command, 256);
+                    out.second_owners.push(o);
                 }
             }
             for t in &report.tunnels {
-                let state = match pb::TunnelState::try_from(t.state) {
-                    Ok(pb::TunnelState::Up) => "Up",
-                    Ok(pb::TunnelState::Down) => "Down",
-                    Ok(pb::TunnelState::Refused) => "Refused",
-                    _ => "Unknown",
-                };
+                let state = convert::tunnel_state(t.state);
                 out.tunnels.push(TunnelReport {
                     agent: agent.clone(),
                     forward: t.forward.clone(),
@@ -191,66 +166,14 @@ impl AgentRegistry {
     }
 }
 
-/// The wire form of the desired inventory.
+/// The wire form of the desired inventory (`portplane_proto::convert`).
 pub fn to_proto(desired: &Desired, revision: u64) -> pb::Inventory {
-    let mut inventory = pb::Inventory {
+    convert::inventory(
         revision,
-        ..Default::default()
-    };
-    for (name, port) in desired {
-        let spec = &port.spec;
-        match spec.plane {
-            Plane::Runtime => {
-                let service = spec
-                    .service
-                    .clone()
-                    .unwrap_or_else(|| crate::crd::ServiceRef {
-                        namespace: String::new(),
-                        name: String::new(),
-                    });
-                let mut hostnames: Vec<String> = Vec::new();
-                for e in &spec.exposures {
-                    for h in e.hostname.iter().chain(e.fqdn.iter()) {
-                        if !hostnames.contains(h) {
-                            hostnames.push(h.clone());
-                        }
-                    }
-                }
-                inventory.runtime_ports.push(pb::RuntimePort {
-                    name: name.clone(),
-                    namespace: service.namespace,
-                    service: service.name,
-                    port: u32::try_from(spec.port).unwrap_or(0),
-                    protocol: spec.protocol.clone(),
-                    node_port: spec
-                        .node_port
-                        .and_then(|p| u32::try_from(p).ok())
-                        .unwrap_or(0),
-                    hostnames,
-                });
-            }
-            Plane::Operator => {
-                let (local_address, local_port) = spec
-                    .local
-                    .as_ref()
-                    .map(|l| (l.address.clone(), u32::try_from(l.port).unwrap_or(0)))
-                    .unwrap_or_default();
-                let (target_host, target_port) = spec
-                    .target
-                    .as_ref()
-                    .map(|t| (t.host.clone(), u32::try_from(t.port).unwrap_or(0)))
-                    .unwrap_or_default();
-                inventory.operator_ports.push(pb::OperatorPortSpec {
-                    name: name.clone(),
-                    local_address,
-                    local_port,
-                    target_host,
-                    target_port,
-                });
-            }
-        }
-    }
-    inventory
+        desired
+            .iter()
+            .map(|(name, port)| (name.as_str(), &port.spec)),
+    )
 }
 
 /// What the reconcile loop publishes: the desired inventory and a revision
@@ -261,7 +184,9 @@ pub struct Published {
     pub desired: Arc<Desired>,
 }
 
-struct Service {
+/// The `PortInventory` gRPC service: the published inventory it streams,
+/// the registry it records reports into, and what it checks callers with.
+struct PortInventoryService {
     inventory: watch::Receiver<Published>,
     agents: Arc<RwLock<AgentRegistry>>,
     leader: watch::Receiver<crate::lease::Leadership>,
@@ -272,7 +197,7 @@ struct Service {
     last_refusal_logged: std::sync::atomic::AtomicU64,
 }
 
-impl Service {
+impl PortInventoryService {
     /// The agent the call's bearer token stands for; refusals are counted
     /// and logged with the peer, never with the token.
     async fn caller<T>(&self, request: &Request<T>, call: &str) -> Result<String, Status> {
@@ -321,7 +246,7 @@ impl Service {
 type InventoryStream = Pin<Box<dyn Stream<Item = Result<pb::Inventory, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl PortInventory for Service {
+impl PortInventory for PortInventoryService {
     async fn report(
         &self,
         request: Request<pb::AgentReport>,
@@ -434,7 +359,7 @@ pub async fn serve(
         auth,
         metrics,
     } = shared;
-    let service = Service {
+    let service = PortInventoryService {
         inventory,
         agents,
         leader,

@@ -60,7 +60,7 @@ pub fn plan<'a>(
             .labels
             .as_ref()
             .is_some_and(|l| labels.iter().all(|(k, v)| l.get(k) == Some(v)));
-        if current.spec != want.spec || !has_labels {
+        if !current.spec.is(&want.spec) || !has_labels {
             plan.insert(name.clone(), Action::Apply(want));
             continue;
         }
@@ -100,7 +100,7 @@ mod tests {
         desired
             .iter()
             .map(|(name, want)| {
-                let mut o = OperatorPort::new(name, want.spec.clone());
+                let mut o = OperatorPort::new(name, (&want.spec).into());
                 o.metadata = ObjectMeta {
                     name: Some(name.clone()),
                     generation: Some(1),
@@ -132,7 +132,7 @@ mod tests {
             [],
             &Default::default(),
             &Default::default(),
-            &Config::default(),
+            &Config::default().policy().unwrap(),
         );
         let p = plan(&desired, &BTreeMap::new(), "default", t(1));
         assert_eq!(p.len(), 2, "the two default operator ports");
@@ -145,7 +145,7 @@ mod tests {
             [],
             &Default::default(),
             &Default::default(),
-            &Config::default(),
+            &Config::default().policy().unwrap(),
         );
         let objects = applied(&desired, t(1));
         let p = plan(&desired, &index(&objects), "default", t(999));
@@ -158,7 +158,7 @@ mod tests {
             [],
             &Default::default(),
             &Default::default(),
-            &Config::default(),
+            &Config::default().policy().unwrap(),
         );
         let mut objects = applied(&desired, t(1));
         let mut orphan = objects[0].clone();
@@ -177,7 +177,7 @@ mod tests {
             [],
             &Default::default(),
             &Default::default(),
-            &Config::default(),
+            &Config::default().policy().unwrap(),
         );
         let objects = applied(&desired, t(1));
         if let Some(port) = desired.get_mut("talos-api") {

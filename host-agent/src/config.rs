@@ -188,13 +188,9 @@ pub struct Forward {
     pub target: Target,
 }
 
-/// `host:port`, the host a name or an address as the SSH server resolves it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-}
+/// `host:port`, the host a name or an address as the SSH server resolves it
+/// (the one parser, shared with the controller's `operatorPorts[].target`).
+pub use portplane_core::HostPort as Target;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -352,23 +348,8 @@ impl AgentConfig {
                     "expected a non-empty name".into(),
                 ));
             }
-            if !f.listen.ip().is_loopback() {
-                return Err(invalid(
-                    format!("forward[{i}].listen"),
-                    format!(
-                        "{} is not a loopback address; operator ports listen on loopback only \
-                         (127.0.0.0/8 or ::1), e.g. \"127.0.0.1:{}\"",
-                        f.listen,
-                        f.listen.port()
-                    ),
-                ));
-            }
-            if f.listen.port() == 0 {
-                return Err(invalid(
-                    format!("forward[{i}].listen"),
-                    "expected a fixed port, not 0".into(),
-                ));
-            }
+            portplane_core::check_loopback_listen(f.listen)
+                .map_err(|problem| invalid(format!("forward[{i}].listen"), problem))?;
             if let Some(j) = self.forwards[..i].iter().position(|g| g.name == f.name) {
                 return Err(invalid(
                     format!("forward[{i}].name"),
@@ -397,13 +378,7 @@ impl AgentConfig {
         if let Some(c) = &self.controller {
             crate::link_tls::check_endpoint(&c.endpoint, c.insecure)
                 .map_err(|problem| invalid("controller.endpoint".into(), problem))?;
-            let ok = !c.namespace.is_empty()
-                && c.namespace.len() <= 63
-                && c.namespace
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !c.namespace.starts_with('-')
-                && !c.namespace.ends_with('-');
+            let ok = portplane_core::names::is_lowercase_dns_label(&c.namespace);
             if !ok {
                 return Err(invalid(
                     "controller.namespace".into(),
@@ -441,6 +416,44 @@ impl AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// What the kubeconfig and talosconfig rewrites need of this config: the
+    /// files, and the forwards' listen addresses as the values to write.
+    pub fn rewrite_plan(&self) -> crate::rewrite::apply::Plan {
+        use crate::rewrite::kubeconfig::KubeTarget;
+        use crate::rewrite::talosconfig::TalosTarget;
+        let kube = &self.kubeconfig;
+        let forward = self.forward(&kube.forward);
+        let listen = forward.map_or(SocketAddr::from(([127, 0, 0, 1], 16443)), |f| f.listen);
+        // The Talos apiserver certificate names 127.0.0.1 and the node
+        // address; on any other loopback address, verify against the node's
+        // name instead.
+        let tls_server_name = (listen.ip() != std::net::Ipv4Addr::LOCALHOST)
+            .then(|| forward.map(|f| f.target.host.clone()))
+            .flatten();
+        let talos = &self.talosconfig;
+        let endpoint = self
+            .forward(&talos.forward)
+            .map_or_else(|| "127.0.0.1:15000".to_string(), |f| f.listen.to_string());
+        crate::rewrite::apply::Plan {
+            kubeconfig_path: kube.path.clone(),
+            kube: KubeTarget {
+                cluster: kube.cluster.clone(),
+                server: format!("https://{listen}"),
+                tls_server_name,
+                insecure_skip_tls_verify: kube.insecure_skip_tls_verify,
+                prune_stale: kube.prune_stale,
+            },
+            talosconfig_path: talos.path.clone(),
+            talos: TalosTarget {
+                context: talos.context.clone(),
+                endpoint,
+                node: talos.node.clone(),
+            },
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         let mut config = AgentConfig {
@@ -456,42 +469,6 @@ impl Default for AgentConfig {
         };
         config.expand_home(&home_dir());
         config
-    }
-}
-
-impl std::str::FromStr for Target {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let expected = || format!("expected \"host:port\", e.g. \"10.5.0.2:6443\", got {s:?}");
-        let (host, port) = s.rsplit_once(':').ok_or_else(expected)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port.parse().map_err(|_| expected())?;
-        if host.is_empty() || port == 0 {
-            return Err(expected());
-        }
-        Ok(Target {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl TryFrom<String> for Target {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
     }
 }
 

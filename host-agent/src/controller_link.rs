@@ -15,10 +15,10 @@ use std::time::{Duration, SystemTime};
 use pb::port_inventory_client::PortInventoryClient;
 use portplane_proto::v1alpha1 as pb;
 
+use crate::backoff::{Backoff, jitter_seed};
 use crate::config::{AgentConfig, ControllerSection, Forward};
-use crate::ownership::{CachedInventory, RuntimePort};
+use crate::ownership::CachedInventory;
 use crate::token;
-use crate::tunnel::backoff::{Backoff, jitter_seed};
 use crate::tunnel::listener::Counters;
 use crate::tunnel::pool::Pool;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -231,7 +231,7 @@ async fn session(
                 let Some(inventory) = message? else { return Ok(()) };
                 status.link.update(|l| l.inventory_revision = Some(inventory.revision));
                 // File I/O and fsync: off the async workers.
-                let (path, cache) = (controller.inventory_cache.clone(), cached(&inventory));
+                let (path, cache) = (controller.inventory_cache.clone(), portplane_proto::convert::runtime_inventory(&inventory));
                 match tokio::task::spawn_blocking(move || write_cache(&path, &cache)).await {
                     Ok(Ok(())) => tracing::debug!(revision = inventory.revision, "inventory cached"),
                     Ok(Err(error)) => tracing::warn!(%error, "cannot cache the inventory"),
@@ -303,26 +303,6 @@ impl tonic::service::Interceptor for Authorize {
 type Client = PortInventoryClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorize>,
 >;
-
-fn cached(inventory: &pb::Inventory) -> CachedInventory {
-    CachedInventory {
-        revision: inventory.revision,
-        runtime_ports: inventory
-            .runtime_ports
-            .iter()
-            .filter_map(|p| {
-                Some(RuntimePort {
-                    name: p.name.clone(),
-                    namespace: p.namespace.clone(),
-                    service: p.service.clone(),
-                    port: u16::try_from(p.port).ok()?,
-                    node_port: u16::try_from(p.node_port).unwrap_or(0),
-                    hostnames: p.hostnames.clone(),
-                })
-            })
-            .collect(),
-    }
-}
 
 /// With the rewrites' atomic writer: readers never see half a file, and the
 /// cache the ownership rule is enforced from is private (0600, 0700 folder).

@@ -102,7 +102,7 @@ pub async fn enroll(
             path: config_path.into(),
         })?;
     let service_account = format!("{SERVICE_ACCOUNT_PREFIX}{}", config.name);
-    if !is_dns_label(&service_account) {
+    if !portplane_core::names::is_lowercase_dns_label(&service_account) {
         return Err(EnrollError::BadName {
             path: config_path.into(),
             name: config.name.clone(),
@@ -233,7 +233,8 @@ async fn write_ca(
 /// A client with the credentials of the kubeconfig the agent rewrites, on
 /// the newest generation of `[kubeconfig] cluster`.
 async fn client(config: &AgentConfig, env: &Env) -> Result<kube::Client, EnrollError> {
-    let path = kubeconfig_path(config, env).map_err(|e| EnrollError::Kubeconfig(e.to_string()))?;
+    let path = kubeconfig_path(&config.rewrite_plan(), env)
+        .map_err(|e| EnrollError::Kubeconfig(e.to_string()))?;
     let kubeconfig = Kubeconfig::read_from(&path)
         .map_err(|e| EnrollError::Kubeconfig(format!("{}: {e}", path.display())))?;
     let base = &config.kubeconfig.cluster;
@@ -265,13 +266,4 @@ async fn client(config: &AgentConfig, env: &Env) -> Result<kube::Client, EnrollE
         })?;
     kube::Client::try_from(kube_config)
         .map_err(|e| EnrollError::Kubeconfig(format!("{}: {e}", path.display())))
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }

@@ -1,6 +1,7 @@
 //! portplane-agent: the operator tunnel, the kubeconfig/talosconfig
 //! rewrites, and the ownership rule (only operator ports are tunneled).
 
+pub mod backoff;
 pub mod config;
 pub mod controller_link;
 pub mod docker_ports;

@@ -307,8 +307,8 @@ fn rewrite_once(config: &std::path::Path) -> anyhow::Result<()> {
     let env = Env::from_process();
     let mut failed = 0;
     for result in [
-        rewrite::rewrite_kubeconfig(&config, &env),
-        rewrite::rewrite_talosconfig(&config, &env),
+        rewrite::rewrite_kubeconfig(&config.rewrite_plan(), &env),
+        rewrite::rewrite_talosconfig(&config.rewrite_plan(), &env),
     ] {
         match result {
             Ok(report) => {

@@ -7,34 +7,11 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Forward;
 
 /// The controller's inventory as cached on disk (JSON, the `Inventory`
-/// message's fields).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct CachedInventory {
-    #[serde(default)]
-    pub revision: u64,
-    #[serde(default)]
-    pub runtime_ports: Vec<RuntimePort>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct RuntimePort {
-    /// `<namespace>.<service>.<port>`.
-    pub name: String,
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub service: String,
-    pub port: u16,
-    #[serde(default)]
-    pub node_port: u16,
-    #[serde(default)]
-    pub hostnames: Vec<String>,
-}
+/// message's fields); the rule itself is `portplane_core::ownership`.
+pub use portplane_core::ownership::{Inventory as CachedInventory, RuntimePort};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -70,109 +47,41 @@ pub fn load_cache(path: &Path) -> Result<Option<CachedInventory>, InventoryError
         })
 }
 
-/// Why `forward` may not be tunneled, when it may not.
+/// Why `forward` may not be tunneled, when it may not (the rule:
+/// [`portplane_core::ownership::refusal`]).
 pub fn refusal(forward: &Forward, inventory: &CachedInventory) -> Option<String> {
-    let rule = "runtime ports belong to Colima/Lima or the Tailscale operator; portplane-agent \
-                tunnels only operator ports (kube API, Talos API), so a second owner cannot \
-                shadow a runtime port. Pick another listen port or remove this [[forward]]";
-    for rp in &inventory.runtime_ports {
-        let listen = forward.listen.port();
-        if listen == rp.port || (rp.node_port != 0 && listen == rp.node_port) {
-            return Some(format!(
-                "forward \"{}\" refused: listen port {listen} is runtime port {} \
-                 (inventory revision {}); {rule}",
-                forward.name, rp.name, inventory.revision
-            ));
-        }
-        if targets_service(&forward.target.host, forward.target.port, rp) {
-            return Some(format!(
-                "forward \"{}\" refused: target {} is runtime service {} \
-                 (inventory revision {}); {rule}",
-                forward.name, forward.target, rp.name, inventory.revision
-            ));
-        }
-    }
-    None
-}
-
-fn targets_service(host: &str, port: u16, rp: &RuntimePort) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let service_names = [
-        format!("{}.{}", rp.service, rp.namespace),
-        format!("{}.{}.svc", rp.service, rp.namespace),
-        format!("{}.{}.svc.cluster.local", rp.service, rp.namespace),
-    ];
-    let named = !rp.service.is_empty() && service_names.contains(&host);
-    let tailnet = rp.hostnames.iter().any(|h| {
-        let h = h.trim_end_matches('.').to_ascii_lowercase();
-        h == host || h.split('.').next() == Some(host.as_str())
-    });
-    ((named || tailnet) && port == rp.port) || (rp.node_port != 0 && port == rp.node_port)
+    portplane_core::ownership::refusal(
+        portplane_core::ownership::ForwardClaim {
+            name: &forward.name,
+            listen: forward.listen,
+            target: &forward.target,
+        },
+        inventory,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn forward(listen: u16, target: &str) -> Forward {
-        Forward {
-            name: "f".into(),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], listen)),
-            target: target.parse().unwrap(),
-        }
-    }
-
-    fn inventory() -> CachedInventory {
-        serde_json::from_str(
+    /// The agent's forwards go through the core rule, protocol included
+    /// (its cases are tested in `portplane_core::ownership`).
+    #[test]
+    fn a_forward_meets_the_core_rule() {
+        let inventory: CachedInventory = serde_json::from_str(
             r#"{"revision": 7, "runtime_ports": [
-                {"name": "joelclaw.redis.6379", "namespace": "joelclaw", "service": "redis",
-                 "port": 6379, "node_port": 30079, "hostnames": ["joelclaw-redis.tail1.ts.net."]}
+                {"name": "joelclaw.livekit.7882-udp", "port": 7882, "protocol": "UDP"},
+                {"name": "joelclaw.redis.6379", "port": 6379}
             ]}"#,
         )
-        .unwrap()
-    }
-
-    #[test]
-    fn operator_forward_passes() {
-        assert_eq!(
-            refusal(&forward(16443, "10.5.0.2:6443"), &inventory()),
-            None
-        );
-    }
-
-    #[test]
-    fn listen_on_runtime_port_is_refused_explaining_the_rule() {
-        let why = refusal(&forward(6379, "10.5.0.2:6443"), &inventory()).unwrap();
-        assert!(
-            why.contains("listen port 6379 is runtime port joelclaw.redis.6379"),
-            "{why}"
-        );
-        assert!(
-            why.contains("belong to Colima/Lima or the Tailscale operator"),
-            "{why}"
-        );
-        assert!(refusal(&forward(30079, "10.5.0.2:6443"), &inventory()).is_some());
-    }
-
-    #[test]
-    fn target_naming_a_runtime_service_is_refused() {
-        for target in [
-            "redis.joelclaw:6379",
-            "redis.joelclaw.svc.cluster.local:6379",
-            "joelclaw-redis.tail1.ts.net:6379",
-            "joelclaw-redis:6379",
-            "10.5.0.2:30079",
-        ] {
-            let why = refusal(&forward(16379, target), &inventory());
-            assert!(
-                why.is_some_and(|w| w.contains("runtime service")),
-                "{target}"
-            );
-        }
-        assert_eq!(
-            refusal(&forward(16379, "redis.joelclaw:6380"), &inventory()),
-            None
-        );
+        .unwrap();
+        let forward = |listen: u16| Forward {
+            name: "f".into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], listen)),
+            target: "10.5.0.2:6443".parse().unwrap(),
+        };
+        assert_eq!(refusal(&forward(7882), &inventory), None);
+        assert!(refusal(&forward(6379), &inventory).is_some_and(|w| w.contains("(TCP)")));
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub async fn run(config: AgentConfig, config_path: PathBuf) -> Result<(), RunErr
         }
     };
     // Never fatal and never in the tunnel's way: it logs its own problems.
-    tokio::spawn(crate::rewrite::keep_rewritten(config.clone()));
+    tokio::spawn(crate::rewrite::keep_rewritten(config.rewrite_plan()));
     tracing::info!(
         forwards = forwards.len(),
         "tunnel listening; ssh sessions connecting"

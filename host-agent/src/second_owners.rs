@@ -63,18 +63,10 @@ pub fn listeners(table: &str) -> Vec<(u16, String, u64)> {
         .collect()
 }
 
-/// The host-side TCP ports runtime ports occupy: the NodePorts of the
-/// cached inventory, which Lima forwards to the same port on the host (a
-/// Service port alone is reached through the tailnet, not the host).
-/// UDP/SCTP objects are skipped.
+/// The host-side TCP ports runtime ports occupy
+/// ([`ownership::CachedInventory::host_tcp_ports`]).
 pub fn runtime_ports(inventory: &ownership::CachedInventory) -> BTreeSet<u16> {
-    inventory
-        .runtime_ports
-        .iter()
-        .filter(|p| !p.name.ends_with("-udp") && !p.name.ends_with("-sctp"))
-        .filter(|p| p.node_port != 0)
-        .map(|p| p.node_port)
-        .collect()
+    inventory.host_tcp_ports()
 }
 
 /// Listeners on `ports` held by processes outside `allowed` (never this
@@ -268,6 +260,8 @@ mod tests {
                 ownership::RuntimePort {
                     name: "joelclaw.dns.53-udp".into(),
                     port: 53,
+                    node_port: 30053,
+                    protocol: portplane_core::Protocol::Udp,
                     ..Default::default()
                 },
             ],

@@ -269,8 +269,8 @@ fn kubeconfig_with_a_ca_and_a_stray_insecure_flag_is_made_acceptable() {
 /// "expected a block mapping" and the cluster stayed on its dead port.
 #[test]
 fn a_json_kubeconfig_gets_every_edit_and_stays_json() {
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(&fixture("kubeconfig.two-generations.yaml")).unwrap();
+    let yaml: yaml_serde::Value =
+        yaml_serde::from_str(&fixture("kubeconfig.two-generations.yaml")).unwrap();
     let before = serde_json::to_string_pretty(&yaml).unwrap();
     let target = KubeTarget {
         server: "https://127.0.0.2:16443".into(),

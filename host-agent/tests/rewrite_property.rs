@@ -1,13 +1,13 @@
 //! Arbitrary extra keys, anywhere in a realistic kubeconfig or talosconfig,
 //! survive a rewrite: the result, read by an independent YAML parser
-//! (libyaml, via serde_yaml), is the input with only the intended values
+//! (libyaml, via yaml_serde), is the input with only the intended values
 //! changed.
 #![allow(clippy::unwrap_used)]
 
 use portplane_agent::rewrite::kubeconfig::{self, KubeTarget};
 use portplane_agent::rewrite::talosconfig::{self, TalosTarget};
 use proptest::prelude::*;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 mod fixtures_support;
 use fixtures_support::fixture;
@@ -71,7 +71,7 @@ fn insert_before(text: &str, anchor: &str, extra: &str) -> String {
 }
 
 fn parse(text: &str) -> Value {
-    serde_yaml::from_str(text).unwrap()
+    yaml_serde::from_str(text).unwrap()
 }
 
 proptest! {

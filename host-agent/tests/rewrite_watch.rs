@@ -39,7 +39,7 @@ async fn rewrites_on_appearance_and_on_talosctl_writes_without_looping() {
     )
     .unwrap();
     // Both files missing, then one malformed: reported, never fatal.
-    let task = tokio::spawn(keep_rewritten_with(config, Env::default()));
+    let task = tokio::spawn(keep_rewritten_with(config.rewrite_plan(), Env::default()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     fs::write(&kube, "clusters: [\n").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -108,7 +108,7 @@ async fn a_rewrite_that_failed_on_a_stale_lock_is_retried_once_the_lock_is_gone(
         .with_ansi(false)
         .try_init()
         .unwrap();
-    let task = tokio::spawn(keep_rewritten_with(config, Env::default()));
+    let task = tokio::spawn(keep_rewritten_with(config.rewrite_plan(), Env::default()));
     // The first attempt waits LOCK_TIMEOUT (5 s) for the lock, then fails.
     wait_for("the lock failure", Duration::from_secs(30), || {
         logs.text().contains("still held after")

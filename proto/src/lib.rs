@@ -6,3 +6,5 @@ pub mod v1alpha1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("portplane.v1alpha1");
 }
+
+pub mod convert;

@@ -135,3 +135,53 @@ fn runtime_port_forward_is_refused_and_operator_forward_still_serves() {
         agent.log()
     );
 }
+
+/// Ownership is per protocol (issue 9): a runtime port that is UDP only
+/// (LiveKit's 7882/UDP) leaves TCP on the same number to an operator
+/// forward; the same port as TCP is refused. The agent reads the protocol
+/// from the cached inventory it enforces the rule from.
+#[test]
+fn operator_forward_beside_a_udp_only_runtime_twin_comes_up_and_a_tcp_twin_is_refused() {
+    let sshd = Sshd::start().unwrap();
+    let echo = echo_server();
+    let shared = listen_port();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("inventory.json");
+    let write_cache = |protocol: &str, suffix: &str| {
+        std::fs::write(
+            &cache,
+            format!(
+                r#"{{"revision": 4, "runtime_ports": [{{"name": "joelclaw.livekit.{shared}{suffix}",
+                    "namespace": "joelclaw", "service": "livekit", "port": {shared},
+                    "protocol": "{protocol}"}}]}}"#
+            ),
+        )
+        .unwrap();
+    };
+    // No controller listens at the endpoint: the rule works from the cache.
+    let text = config_for(
+        &sshd,
+        &[("kube-apiserver", shared, format!("127.0.0.1:{echo}"))],
+        "",
+    ) + &format!(
+        "[controller]\nendpoint = \"http://127.0.0.1:{}\"\ninventory_cache = \"{}\"\n",
+        listen_port(),
+        cache.display()
+    );
+
+    write_cache("UDP", "-udp");
+    let agent = Agent::start(&text);
+    wait_echo(&agent, shared, Duration::from_secs(20));
+    assert!(!agent.log().contains("refused"), "{}", agent.log());
+    drop(agent);
+
+    write_cache("TCP", "");
+    let mut refused = Agent::start(&text);
+    let log = exits_with(&mut refused);
+    assert!(
+        log.contains(&format!(
+            "listen port {shared} is runtime port joelclaw.livekit.{shared} (TCP)"
+        )),
+        "{log}"
+    );
+}

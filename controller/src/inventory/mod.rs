@@ -1,53 +1,30 @@
-//! The pure heart of the controller: Services + proxy state + agent reports +
-//! config -> the desired OperatorPort objects and the problems found.
-//!
-//! No I/O here: every input is plain data, so the seed's port tables are unit
-//! tests.
+//! The controller's side of the inventory: Kubernetes objects in, the
+//! objects to write out. The rule itself is pure and lives in
+//! `portplane_core::inventory`; here a `Service` becomes the
+//! [`ServiceFacts`] it reads, and the result gains what only the controller
+//! knows: the agents' tunnel reports (status) and the size bounds.
 
-mod exposure;
 pub mod health;
-mod names;
-mod unmapped;
-mod validate;
-
-use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
-
-pub use names::{is_dns_label, is_dns_subdomain, object_name};
-pub use validate::{Finding, FindingKind};
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
+use portplane_core::inventory::{HostFacts, Ingress, Policy, ServiceFacts, ServicePortFacts};
+use portplane_core::{Plane, PortSpec, Protocol};
 
-use crate::config::Config;
-use crate::crd::{AgentStatus, LocalEndpoint, OperatorPortSpec, Plane, TargetEndpoint};
+pub use portplane_core::inventory::{
+    EXPOSE_ANNOTATION, Finding, FindingKind, HOSTNAME_ANNOTATION, HostPortReport, ProxyIndex,
+    ProxyState, SecondOwnerReport, TAGS_ANNOTATION,
+};
 
-/// The Tailscale operator's state for one proxy, from its state Secret.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ProxyState {
-    /// device_fqdn without the trailing dot.
-    pub fqdn: Option<String>,
-    /// device_ips.
-    pub ips: Vec<String>,
-}
-
-/// Proxy states keyed by the Service they front: (namespace, name).
-pub type ProxyIndex = BTreeMap<(String, String), ProxyState>;
-
-/// A host port an agent sees published (Docker/Lima port map).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPortReport {
-    pub agent: String,
-    pub host_port: u16,
-    pub container_port: u16,
-    pub protocol: String,
-}
+use crate::crd::AgentStatus;
 
 /// One object the controller wants to exist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredPort {
-    pub spec: OperatorPortSpec,
+    /// The port as `portplane_core` computed it (the CRD's spec).
+    pub spec: PortSpec,
     /// Problems found for this port (empty: Ready).
     pub findings: Vec<Finding>,
     /// What host agents report about this port (status.agents).
@@ -73,17 +50,6 @@ pub struct TunnelReport {
     pub last_seen: Option<Timestamp>,
 }
 
-/// A process on an agent's host listening on a runtime port it does not own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecondOwnerReport {
-    pub agent: String,
-    pub port: u16,
-    pub address: String,
-    pub pid: u32,
-    pub process: String,
-    pub command: String,
-}
-
 /// Everything host agents reported.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AgentReports {
@@ -93,78 +59,113 @@ pub struct AgentReports {
 }
 
 /// The desired inventory, keyed by object name.
-pub type Desired = BTreeMap<String, DesiredPort>;
+pub type Desired = std::collections::BTreeMap<String, DesiredPort>;
 
 /// Build the desired inventory from everything the controller watches.
 pub fn desired_inventory<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     proxies: &ProxyIndex,
     agents: &AgentReports,
-    config: &Config,
+    policy: &Policy,
 ) -> Desired {
-    let mut desired = Desired::new();
-    for service in services {
-        for (name, port) in exposure::service_ports(service, proxies, &agents.host_ports, config) {
-            desired.insert(name, port);
-        }
-    }
-    for port in &config.operator_ports {
-        let mut want = operator_port(port);
-        want.agents = agents
-            .tunnels
-            .iter()
-            .filter(|t| t.forward == port.name)
-            .map(|t| AgentStatus {
-                name: t.agent.clone(),
-                tunnel: t.state.clone(),
-                active_connections: t.active_connections,
-                last_error: t.last_error.clone(),
-                version: Some(t.version.clone()).filter(|v| !v.is_empty()),
-                last_seen: t.last_seen.map(Time),
-            })
-            .collect();
-        desired.insert(port.name.clone(), want);
-    }
-    validate::cross_check(&mut desired, &agents.host_ports, config);
-    let operator_targets = config
-        .operator_ports
-        .iter()
-        .filter_map(|p| p.target.rsplit_once(':')?.1.parse().ok())
+    let core = portplane_core::inventory::desired_inventory(
+        services.into_iter().filter_map(service_facts),
+        proxies,
+        HostFacts {
+            host_ports: &agents.host_ports,
+            second_owners: &agents.second_owners,
+        },
+        policy,
+    );
+    let mut desired: Desired = core
+        .into_iter()
+        .map(|(name, port)| {
+            let agents = if port.spec.plane == Plane::Operator {
+                tunnel_entries(&name, &agents.tunnels)
+            } else {
+                Vec::new()
+            };
+            let want = DesiredPort {
+                spec: port.spec,
+                findings: port.findings,
+                agents,
+                health: None,
+            };
+            (name, want)
+        })
         .collect();
-    unmapped::add_unmapped(&mut desired, &agents.host_ports, &operator_targets);
-    validate::second_owners(&mut desired, agents);
     crate::bounds::cap_desired(&mut desired);
     desired
 }
 
-fn operator_port(port: &crate::config::OperatorPortConfig) -> DesiredPort {
-    // Validated when the config was loaded; an unparsable target keeps the raw text.
-    let (host, target_port) =
-        crate::config::parse_target(&port.target).unwrap_or_else(|_| (port.target.clone(), 0));
-    DesiredPort {
-        spec: OperatorPortSpec {
-            plane: Plane::Operator,
-            port: i32::from(port.local.port()),
-            protocol: "TCP".into(),
-            endpoint: Some(port.local.to_string()),
-            owner: "portplane-agent".into(),
-            service: None,
-            target_port: None,
-            node_port: None,
-            exposures: Vec::new(),
-            local: Some(LocalEndpoint {
-                address: port.local.ip().to_string(),
-                port: i32::from(port.local.port()),
-            }),
-            target: Some(TargetEndpoint {
-                host,
-                port: i32::from(target_port),
-            }),
-        },
-        findings: Vec::new(),
-        agents: Vec::new(),
-        health: None,
-    }
+/// The agents' reports on the forward named like operator port `name`.
+fn tunnel_entries(name: &str, tunnels: &[TunnelReport]) -> Vec<AgentStatus> {
+    tunnels
+        .iter()
+        .filter(|t| t.forward == name)
+        .map(|t| AgentStatus {
+            name: t.agent.clone(),
+            tunnel: t.state.clone(),
+            active_connections: t.active_connections,
+            last_error: t.last_error.clone(),
+            version: Some(t.version.clone()).filter(|v| !v.is_empty()),
+            last_seen: t.last_seen.map(Time),
+        })
+        .collect()
+}
+
+/// What the inventory reads of a Service; `None` without a namespace, name
+/// or spec (never so from the API server).
+pub fn service_facts(service: &Service) -> Option<ServiceFacts<'_>> {
+    let namespace = service.metadata.namespace.as_deref()?;
+    let name = service.metadata.name.as_deref()?;
+    let spec = service.spec.as_ref()?;
+    let annotations = service.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(ServicePortFacts {
+                port: p.port,
+                // The API server admits only TCP, UDP and SCTP.
+                protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")).ok()?,
+                node_port: p.node_port,
+                target_port: p.target_port.as_ref().map(|t| match t {
+                    IntOrString::Int(i) => i.to_string(),
+                    IntOrString::String(s) => s.clone(),
+                }),
+            })
+        })
+        .collect();
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .map(|i| Ingress {
+                    hostname: i.hostname.as_deref(),
+                    ip: i.ip.as_deref(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(ServiceFacts {
+        namespace,
+        name,
+        expose: annotation(EXPOSE_ANNOTATION),
+        hostname: annotation(HOSTNAME_ANNOTATION),
+        tags: annotation(TAGS_ANNOTATION),
+        type_: spec.type_.as_deref().unwrap_or("ClusterIP"),
+        load_balancer_class: spec.load_balancer_class.as_deref(),
+        cluster_ip: spec.cluster_ip.as_deref().unwrap_or(""),
+        ports,
+        ingress,
+    })
 }
 
 /// Set every operator port's tunnel health from its agent entries, as of

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::*;
+use crate::config::Config;
 use crate::crd::{ExposureKind, FqdnSource};
 
 fn service(ns: &str, name: &str, type_: &str, ports: &[(i32, i32, Option<i32>)]) -> Service {
@@ -66,7 +67,7 @@ fn run(services: &[Service], config: &Config) -> Desired {
         services,
         &ProxyIndex::new(),
         &AgentReports::default(),
-        config,
+        &config.policy().unwrap(),
     )
 }
 
@@ -77,7 +78,7 @@ fn agent_maps_host_port(host: u16, container: u16) -> AgentReports {
             agent: "panda".into(),
             host_port: host,
             container_port: container,
-            protocol: "TCP".into(),
+            protocol: Protocol::Tcp,
         }],
         tunnels: Vec::new(),
         second_owners: Vec::new(),
@@ -168,7 +169,7 @@ fn pds_asymmetric_mapping_uses_the_agent_reported_host_port() {
         &seed_node_ports(),
         &ProxyIndex::new(),
         &reports,
-        &no_operator_ports(),
+        &no_operator_ports().policy().unwrap(),
     );
     let pds = &d["joelclaw.bluesky-pds.3000"].spec;
     assert_eq!((pds.port, pds.node_port), (3000, Some(3000)));
@@ -197,7 +198,7 @@ fn a_node_port_without_a_docker_map_is_flagged_once_docker_facts_exist() {
         &seed_node_ports(),
         &ProxyIndex::new(),
         &reports,
-        &no_operator_ports(),
+        &no_operator_ports().policy().unwrap(),
     );
     assert_eq!(
         kinds(&d, "joelclaw.typesense.8108"),
@@ -230,7 +231,7 @@ fn a_node_port_without_a_docker_map_is_flagged_once_docker_facts_exist() {
         &[exposed],
         &ProxyIndex::new(),
         &reports,
-        &no_operator_ports(),
+        &no_operator_ports().policy().unwrap(),
     );
     assert!(d["joelclaw.typesense.8108"].findings.is_empty());
 }
@@ -252,7 +253,7 @@ fn a_stray_listener_on_a_node_port_is_a_second_owner_naming_host_pid_and_process
         &seed_node_ports(),
         &ProxyIndex::new(),
         &reports,
-        &no_operator_ports(),
+        &no_operator_ports().policy().unwrap(),
     );
     let redis = &d["joelclaw.redis.6379"].findings;
     let second: Vec<&String> = redis
@@ -348,7 +349,12 @@ fn proxy_secret_wins_over_prediction() {
         tailnet_domain: Some("tail1234.ts.net".into()),
         ..no_operator_ports()
     };
-    let d = desired_inventory(&[s], &proxies, &AgentReports::default(), &config);
+    let d = desired_inventory(
+        &[s],
+        &proxies,
+        &AgentReports::default(),
+        &config.policy().unwrap(),
+    );
     let e = &d["joelclaw.redis.6379"].spec.exposures[0];
     assert_eq!(e.fqdn.as_deref(), Some("redis.tail1234.ts.net"));
     assert_eq!(e.fqdn_source, Some(FqdnSource::ProxySecret));
@@ -565,7 +571,7 @@ fn node_port_or_host_port_on_an_operator_port_is_a_clash() {
         &seed_node_ports(),
         &ProxyIndex::new(),
         &reports,
-        &Config::default(),
+        &Config::default().policy().unwrap(),
     );
     assert_eq!(
         kinds(&d, "joelclaw.bluesky-pds.3000"),
@@ -609,7 +615,12 @@ fn agent_tunnel_reports_land_on_the_operator_port() {
         }],
         second_owners: Vec::new(),
     };
-    let mut d = desired_inventory(&[], &ProxyIndex::new(), &reports, &Config::default());
+    let mut d = desired_inventory(
+        &[],
+        &ProxyIndex::new(),
+        &reports,
+        &Config::default().policy().unwrap(),
+    );
     assert_eq!(d["kube-apiserver"].agents.len(), 1);
     assert_eq!(d["kube-apiserver"].agents[0].tunnel, "Up");
     assert_eq!(

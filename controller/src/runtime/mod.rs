@@ -22,6 +22,7 @@ use crate::inventory::{self, ProxyIndex};
 use crate::lease::{LeaderElector, Leadership, is_leading};
 use crate::metrics::Metrics;
 use crate::reconcile::MANAGER;
+use portplane_core::inventory::Policy;
 
 pub use watches::Stores;
 
@@ -29,6 +30,8 @@ pub use watches::Stores;
 pub struct Context {
     pub client: Client,
     pub config: Config,
+    /// What the inventory reads of `config`.
+    pub policy: Policy,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
     pub leader: watch::Receiver<Leadership>,
@@ -114,9 +117,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
             instance: Some(identity.clone()),
         },
     );
+    let policy = config.policy().map_err(Error::InvalidConfig)?;
     let ctx = Arc::new(Context {
         client,
         config,
+        policy,
         metrics,
         stores,
         leader,
@@ -228,7 +233,7 @@ async fn reconcile_once(ctx: &Context) -> Result<(), Error> {
         services.iter().map(|s| s.as_ref()),
         &proxies,
         &reports,
-        &ctx.config,
+        &ctx.policy,
     );
     inventory::assess_health(
         &mut desired,

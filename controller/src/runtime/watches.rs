@@ -243,7 +243,7 @@ mod tests {
             services,
             &proxies,
             &AgentReports::default(),
-            &Config::default(),
+            &Config::default().policy().unwrap(),
         )
     }
 

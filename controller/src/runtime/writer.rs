@@ -89,7 +89,7 @@ async fn execute(
                     labels: Some(owned_labels(&ctx.config.instance)),
                     ..Default::default()
                 },
-                spec: want.spec.clone(),
+                spec: (&want.spec).into(),
                 status: None,
             };
             let applied = api.patch(name, &params, &Patch::Apply(&body)).await?;

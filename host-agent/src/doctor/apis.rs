@@ -15,7 +15,8 @@ pub async fn kube(inputs: &Inputs<'_>) -> Vec<Check> {
     let Some(forward) = config.forward(&config.kubeconfig.forward) else {
         return Vec::new();
     };
-    let path = match rewrite::apply::kubeconfig_path(config, inputs.env) {
+    let plan = config.rewrite_plan();
+    let path = match rewrite::apply::kubeconfig_path(&plan, inputs.env) {
         Ok(p) => p,
         Err(e) => {
             return vec![Check::fail(
@@ -27,7 +28,7 @@ pub async fn kube(inputs: &Inputs<'_>) -> Vec<Check> {
             )];
         }
     };
-    let target = rewrite::apply::kube_target(config);
+    let target = plan.kube;
     let points_name = format!(
         "{} points cluster {} at {}",
         path.display(),
@@ -124,8 +125,9 @@ pub async fn talos(inputs: &Inputs<'_>) -> Vec<Check> {
     let Some(forward) = config.forward(&config.talosconfig.forward) else {
         return Vec::new();
     };
-    let path = rewrite::apply::talosconfig_path(config, inputs.env);
-    let target = rewrite::apply::talos_target(config);
+    let plan = config.rewrite_plan();
+    let path = rewrite::apply::talosconfig_path(&plan, inputs.env);
+    let target = plan.talos;
     let points_name = format!(
         "{} points context {} at {}",
         path.display(),

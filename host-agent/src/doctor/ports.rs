@@ -52,6 +52,10 @@ pub fn runtime_ports(config: &AgentConfig) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut clean = true;
     for rp in &inventory.runtime_ports {
+        // Holders are TCP listeners; a UDP or SCTP port has none to find.
+        if rp.protocol != portplane_core::Protocol::Tcp {
+            continue;
+        }
         let mut ports = vec![rp.port, rp.node_port];
         ports.retain(|p| *p != 0);
         ports.dedup();
@@ -59,7 +63,11 @@ pub fn runtime_ports(config: &AgentConfig) -> Vec<Check> {
             // The agent holds its operator ports by right; a runtime port on
             // the same number is the cluster's mistake (the controller marks
             // it OperatorPortClash), not a process to stop here.
-            if let Some(forward) = config.forwards.iter().find(|f| f.listen.port() == port) {
+            if let Some(forward) = config
+                .forwards
+                .iter()
+                .find(|f| portplane_core::ownership::collides(f.listen.port(), port, rp.protocol))
+            {
                 checks.push(Check::warn(
                     CAT,
                     &format!("runtime-port-{port}"),

@@ -44,7 +44,7 @@ struct Context {
 /// Handshake with `listen` using context `context` of the talosconfig `text`.
 pub async fn handshake(text: &str, context: &str, listen: SocketAddr) -> Result<(), TalosTlsError> {
     let bad = |m: String| TalosTlsError::Config(m);
-    let config: Talosconfig = serde_yaml::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let config: Talosconfig = serde_saphyr::from_str(text).map_err(|e| bad(e.to_string()))?;
     let ctx = config
         .contexts
         .get(context)

@@ -11,7 +11,6 @@ use super::atomic::{self, Outcome};
 use super::error::RewriteError;
 use super::kubeconfig::{self, KubeTarget};
 use super::talosconfig::{self, TalosTarget};
-use crate::config::AgentConfig;
 
 /// How long to wait for kubectl's `<file>.lock`.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,42 +53,28 @@ impl Env {
     }
 }
 
-pub fn kube_target(config: &AgentConfig) -> KubeTarget {
-    let section = &config.kubeconfig;
-    let forward = config.forward(&section.forward);
-    let listen = forward.map_or(SocketAddr::from(([127, 0, 0, 1], 16443)), |f| f.listen);
-    // The Talos apiserver certificate names 127.0.0.1 and the node address;
-    // on any other loopback address, verify against the node's name instead.
-    let tls_server_name = (listen.ip() != std::net::Ipv4Addr::LOCALHOST)
-        .then(|| forward.map(|f| f.target.host.clone()))
-        .flatten();
-    KubeTarget {
-        cluster: section.cluster.clone(),
-        server: format!("https://{listen}"),
-        tls_server_name,
-        insecure_skip_tls_verify: section.insecure_skip_tls_verify,
-        prune_stale: section.prune_stale,
-    }
-}
-
-pub fn talos_target(config: &AgentConfig) -> TalosTarget {
-    let section = &config.talosconfig;
-    let endpoint = config
-        .forward(&section.forward)
-        .map_or_else(|| "127.0.0.1:15000".to_string(), |f| f.listen.to_string());
-    TalosTarget {
-        context: section.context.clone(),
-        endpoint,
-        node: section.node.clone(),
-    }
+/// What the rewrites need to know: which files (the environment's
+/// `KUBECONFIG`/`TALOSCONFIG` win over these paths) and the values to write.
+/// Built from the agent's config by `AgentConfig::rewrite_plan`; the engine
+/// knows nothing else of that config.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `[kubeconfig] path`.
+    pub kubeconfig_path: PathBuf,
+    /// The cluster entry to point at the kube-apiserver forward.
+    pub kube: KubeTarget,
+    /// `[talosconfig] path`.
+    pub talosconfig_path: PathBuf,
+    /// The context to point at the talos-api forward.
+    pub talos: TalosTarget,
 }
 
 /// The kubeconfig to edit: the first file of `KUBECONFIG` that holds the
 /// cluster (kubectl's merge gives the first file's entry precedence), else
 /// the agent config's path.
-pub fn kubeconfig_path(config: &AgentConfig, env: &Env) -> Result<PathBuf, RewriteError> {
+pub fn kubeconfig_path(plan: &Plan, env: &Env) -> Result<PathBuf, RewriteError> {
     let Some(list) = &env.kubeconfig else {
-        return Ok(config.kubeconfig.path.clone());
+        return Ok(plan.kubeconfig_path.clone());
     };
     let files: Vec<PathBuf> = std::env::split_paths(list)
         .filter(|p| !p.as_os_str().is_empty())
@@ -102,7 +87,7 @@ pub fn kubeconfig_path(config: &AgentConfig, env: &Env) -> Result<PathBuf, Rewri
             Err(e) => return Err(e),
         };
         read.push(file.display().to_string());
-        if kubeconfig::holds_cluster(&text, &config.kubeconfig.cluster)
+        if kubeconfig::holds_cluster(&text, &plan.kube.cluster)
             .map_err(|e| RewriteError::invalid(file, e))?
         {
             return Ok(file.clone());
@@ -116,23 +101,23 @@ pub fn kubeconfig_path(config: &AgentConfig, env: &Env) -> Result<PathBuf, Rewri
     }
     Err(RewriteError::NotInList {
         list: list.to_string_lossy().into_owned(),
-        cluster: config.kubeconfig.cluster.clone(),
+        cluster: plan.kube.cluster.clone(),
         read: read.join(", "),
     })
 }
 
-pub fn talosconfig_path(config: &AgentConfig, env: &Env) -> PathBuf {
+pub fn talosconfig_path(plan: &Plan, env: &Env) -> PathBuf {
     env.talosconfig
         .as_ref()
-        .map_or_else(|| config.talosconfig.path.clone(), PathBuf::from)
+        .map_or_else(|| plan.talosconfig_path.clone(), PathBuf::from)
 }
 
-pub fn rewrite_kubeconfig(config: &AgentConfig, env: &Env) -> Result<FileReport, RewriteError> {
-    let path = kubeconfig_path(config, env)?;
-    let target = kube_target(config);
+pub fn rewrite_kubeconfig(plan: &Plan, env: &Env) -> Result<FileReport, RewriteError> {
+    let path = kubeconfig_path(plan, env)?;
+    let target = &plan.kube;
     let mut report = None;
     let outcome = atomic::update(&path, LOCK_TIMEOUT, |text| {
-        let edited = kubeconfig::rewrite(text, &target, &mut port_is_dead)
+        let edited = kubeconfig::rewrite(text, target, &mut port_is_dead)
             .map_err(|e| RewriteError::invalid(&path, e))?;
         report = Some(edited.report);
         Ok(edited.text)
@@ -162,13 +147,13 @@ pub fn rewrite_kubeconfig(config: &AgentConfig, env: &Env) -> Result<FileReport,
     })
 }
 
-pub fn rewrite_talosconfig(config: &AgentConfig, env: &Env) -> Result<FileReport, RewriteError> {
-    let path = talosconfig_path(config, env);
-    let target = talos_target(config);
+pub fn rewrite_talosconfig(plan: &Plan, env: &Env) -> Result<FileReport, RewriteError> {
+    let path = talosconfig_path(plan, env);
+    let target = &plan.talos;
     let mut report = None;
     let outcome = atomic::update(&path, LOCK_TIMEOUT, |text| {
         let edited =
-            talosconfig::rewrite(text, &target).map_err(|e| RewriteError::invalid(&path, e))?;
+            talosconfig::rewrite(text, target).map_err(|e| RewriteError::invalid(&path, e))?;
         report = Some(edited.report);
         Ok(edited.text)
     })?;
@@ -216,12 +201,14 @@ mod tests {
         std::fs::write(&other, "apiVersion: v1\nclusters: []\ncontexts: []\n").unwrap();
         let missing = dir.path().join("missing");
         let list = std::env::join_paths([&missing, &other]).unwrap();
-        let config = AgentConfig::parse(&dir.path().join("agent.toml"), "").unwrap();
+        let config = crate::config::AgentConfig::parse(&dir.path().join("agent.toml"), "").unwrap();
         let env = Env {
             kubeconfig: Some(list),
             talosconfig: None,
         };
-        let error = kubeconfig_path(&config, &env).unwrap_err().to_string();
+        let error = kubeconfig_path(&config.rewrite_plan(), &env)
+            .unwrap_err()
+            .to_string();
         assert!(!error.contains("does not exist"), "{error}");
         assert!(
             error.contains(&format!(

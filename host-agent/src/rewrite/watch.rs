@@ -12,10 +12,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use super::apply::{self, Env, FileReport};
+use super::apply::{self, Env, FileReport, Plan};
 use super::atomic::Outcome;
 use super::error::RewriteError;
-use crate::config::AgentConfig;
 
 const POLL: Duration = Duration::from_secs(1);
 /// A file must look the same this long before it is rewritten, so a
@@ -38,17 +37,32 @@ struct Stamp {
     inode: u64,
 }
 
-/// Runs until dropped; `KUBECONFIG`/`TALOSCONFIG` are read once, here.
-pub async fn keep_rewritten(config: AgentConfig) {
-    keep_rewritten_with(config, Env::from_process()).await;
+/// The two files kept rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum File {
+    Kubeconfig,
+    Talosconfig,
 }
 
-pub async fn keep_rewritten_with(config: AgentConfig, env: Env) {
+impl File {
+    const BOTH: [File; 2] = [File::Kubeconfig, File::Talosconfig];
+}
+
+/// Runs until dropped; `KUBECONFIG`/`TALOSCONFIG` are read once, here.
+pub async fn keep_rewritten(plan: Plan) {
+    keep_rewritten_with(plan, Env::from_process()).await;
+}
+
+pub async fn keep_rewritten_with(plan: Plan, env: Env) {
+    // Per file of File::BOTH: its stamps when last looked at, its retry.
     let mut seen: [Option<Vec<Option<Stamp>>>; 2] = [None, None];
     let mut retries: [Option<Retry>; 2] = [None, None];
     loop {
-        for (which, (last, retry)) in seen.iter_mut().zip(retries.iter_mut()).enumerate() {
-            let files = watched_files(&config, &env, which);
+        for (file, (last, retry)) in File::BOTH
+            .into_iter()
+            .zip(seen.iter_mut().zip(retries.iter_mut()))
+        {
+            let files = watched_files(&plan, &env, file);
             let now = stamps(&files);
             let changed = last.as_ref() != Some(&now);
             let due = retry.is_some_and(|r| tokio::time::Instant::now() >= r.at);
@@ -59,10 +73,10 @@ pub async fn keep_rewritten_with(config: AgentConfig, env: Env) {
             if stamps(&files) != now {
                 continue; // still being written; look again next round
             }
-            let (config, env) = (config.clone(), env.clone());
-            let result = tokio::task::spawn_blocking(move || match which {
-                0 => apply::rewrite_kubeconfig(&config, &env),
-                _ => apply::rewrite_talosconfig(&config, &env),
+            let (plan, env) = (plan.clone(), env.clone());
+            let result = tokio::task::spawn_blocking(move || match file {
+                File::Kubeconfig => apply::rewrite_kubeconfig(&plan, &env),
+                File::Talosconfig => apply::rewrite_talosconfig(&plan, &env),
             })
             .await;
             *retry = match result {
@@ -124,11 +138,11 @@ fn passes_without_a_change(error: &RewriteError) -> bool {
 
 /// Every file whose change may call for a rewrite: all of `KUBECONFIG`'s
 /// list, or the configured path.
-fn watched_files(config: &AgentConfig, env: &Env, which: usize) -> Vec<PathBuf> {
-    match (which, &env.kubeconfig) {
-        (0, Some(list)) => std::env::split_paths(list).collect(),
-        (0, None) => vec![config.kubeconfig.path.clone()],
-        _ => vec![apply::talosconfig_path(config, env)],
+fn watched_files(plan: &Plan, env: &Env, file: File) -> Vec<PathBuf> {
+    match (file, &env.kubeconfig) {
+        (File::Kubeconfig, Some(list)) => std::env::split_paths(list).collect(),
+        (File::Kubeconfig, None) => vec![plan.kubeconfig_path.clone()],
+        (File::Talosconfig, _) => vec![apply::talosconfig_path(plan, env)],
     }
 }
 

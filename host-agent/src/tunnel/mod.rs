@@ -1,7 +1,6 @@
 //! The operator tunnel: loopback listeners, a pool of SSH sessions, and one
 //! `direct-tcpip` channel per forwarded connection.
 
-pub mod backoff;
 pub mod connection;
 pub mod listener;
 pub mod pool;

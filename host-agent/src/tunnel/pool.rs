@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use russh::client;
 use tokio::sync::watch;
 
-use super::backoff::{Backoff, jitter_seed};
+use crate::backoff::{Backoff, jitter_seed};
 use crate::ssh::channel_sink::Sinks;
 use crate::ssh::client_config::{ClientConfigError, ResolvedHost, SshEnv, resolve_file};
 use crate::ssh::session::{self, SessionTuning, TunnelHandler};

@@ -1,13 +1,10 @@
-//! One Service -> its OperatorPorts, with every exposure path and the
-//! problems visible from the Service alone.
+//! One Service -> its ports, with every exposure path and the problems
+//! visible from the Service alone.
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-use super::validate::{Finding, FindingKind};
-use super::{DesiredPort, HostPortReport, ProxyIndex, is_dns_label, object_name};
-use crate::config::Config;
-use crate::crd::{Exposure, ExposureKind, FqdnSource, OperatorPortSpec, Plane, ServiceRef};
+use super::findings::{Finding, FindingKind};
+use super::{DesiredPort, HostPortReport, Policy, ProxyIndex, ServiceFacts};
+use crate::model::{Exposure, ExposureKind, FqdnSource, Plane, PortSpec, ServiceRef};
+use crate::names::{is_dns_label, object_name};
 
 pub const EXPOSE_ANNOTATION: &str = "tailscale.com/expose";
 pub const HOSTNAME_ANNOTATION: &str = "tailscale.com/hostname";
@@ -24,35 +21,32 @@ fn is_near_miss(value: &str) -> bool {
 }
 
 pub fn service_ports(
-    service: &Service,
+    service: &ServiceFacts<'_>,
     proxies: &ProxyIndex,
     host_ports: &[HostPortReport],
-    config: &Config,
+    policy: &Policy,
 ) -> Vec<(String, DesiredPort)> {
-    let (Some(namespace), Some(name), Some(spec)) = (
-        service.metadata.namespace.as_deref(),
-        service.metadata.name.as_deref(),
-        service.spec.as_ref(),
-    ) else {
-        return Vec::new();
+    let (namespace, name) = (service.namespace, service.name);
+    let by_annotation = service.expose == Some("true");
+    let near_miss = service.expose.filter(|v| is_near_miss(v));
+    let type_ = if service.type_.is_empty() {
+        "ClusterIP"
+    } else {
+        service.type_
     };
-    let annotations = service.metadata.annotations.as_ref();
-    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
-    let expose_value = annotation(EXPOSE_ANNOTATION);
-    let by_annotation = expose_value == Some("true");
-    let near_miss = expose_value.filter(|v| is_near_miss(v));
-    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
     let by_load_balancer =
-        type_ == "LoadBalancer" && spec.load_balancer_class.as_deref() == Some("tailscale");
-    let by_node_port = config.node_ports && type_ == "NodePort";
+        type_ == "LoadBalancer" && service.load_balancer_class == Some("tailscale");
+    let by_node_port = policy.node_ports && type_ == "NodePort";
     if !(by_annotation || by_load_balancer || by_node_port || near_miss.is_some()) {
         return Vec::new();
     }
 
-    let hostname = annotation(HOSTNAME_ANNOTATION)
+    let hostname = service
+        .hostname
         .map(str::to_string)
         .unwrap_or_else(|| format!("{namespace}-{name}"));
-    let tags: Vec<String> = annotation(TAGS_ANNOTATION)
+    let tags: Vec<String> = service
+        .tags
         .map(|t| {
             t.split(',')
                 .map(str::trim)
@@ -61,15 +55,8 @@ pub fn service_ports(
                 .collect()
         })
         .unwrap_or_default();
-    let (fqdn, fqdn_source, tailnet_ips) = reachable_name(
-        service,
-        namespace,
-        name,
-        &hostname,
-        by_load_balancer,
-        proxies,
-        config,
-    );
+    let (fqdn, fqdn_source, tailnet_ips) =
+        reachable_name(service, &hostname, by_load_balancer, proxies, policy);
 
     let mut service_findings = Vec::new();
     if let Some(value) = near_miss {
@@ -89,13 +76,12 @@ pub fn service_ports(
             ),
         ));
     }
-    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
-    if by_annotation && cluster_ip == "None" {
+    if by_annotation && service.cluster_ip == "None" {
         service_findings.push(Finding::new(
             FindingKind::HeadlessService,
             format!("{namespace}/{name} is headless (clusterIP: None); Tailscale cannot expose a headless Service"),
         ));
-    } else if by_annotation && cluster_ip.is_empty() {
+    } else if by_annotation && service.cluster_ip.is_empty() {
         service_findings.push(Finding::new(
             FindingKind::NoClusterIP,
             format!("{namespace}/{name} is exposed by annotation but has no ClusterIP for the Tailscale proxy to forward to"),
@@ -103,8 +89,8 @@ pub fn service_ports(
     }
 
     let mut out = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
+    for port in &service.ports {
+        let protocol = port.protocol;
         let node_port = port.node_port.filter(|p| *p > 0);
         let mut exposures = Vec::new();
         let tailscale_exposure = |kind| Exposure {
@@ -141,32 +127,27 @@ pub fn service_ports(
         }
         let endpoint = endpoint(&exposures, port.port, node_port, host_port);
         let owner = owner(&exposures);
-        let spec = OperatorPortSpec {
+        let spec = PortSpec {
             plane: Plane::Runtime,
             port: port.port,
-            protocol: protocol.clone(),
+            protocol,
             endpoint,
             owner,
             service: Some(ServiceRef {
                 namespace: namespace.into(),
                 name: name.into(),
             }),
-            target_port: port.target_port.as_ref().map(|t| match t {
-                IntOrString::Int(i) => i.to_string(),
-                IntOrString::String(s) => s.clone(),
-            }),
+            target_port: port.target_port.clone(),
             node_port,
             exposures,
             local: None,
             target: None,
         };
         out.push((
-            object_name(namespace, name, port.port, &protocol),
+            object_name(namespace, name, port.port, protocol),
             DesiredPort {
                 spec,
                 findings: service_findings.clone(),
-                agents: Vec::new(),
-                health: None,
             },
         ));
     }
@@ -178,17 +159,14 @@ pub fn service_ports(
 /// configured tailnet domain. Another load balancer's ingress (MetalLB,
 /// Cilium: a LAN address) says nothing about the tailnet: only the
 /// Tailscale operator fills in the status of its own class.
-#[allow(clippy::too_many_arguments)] // each is one fact about the Service
 fn reachable_name(
-    service: &Service,
-    namespace: &str,
-    name: &str,
+    service: &ServiceFacts<'_>,
     hostname: &str,
     tailscale_load_balancer: bool,
     proxies: &ProxyIndex,
-    config: &Config,
+    policy: &Policy,
 ) -> (Option<String>, Option<FqdnSource>, Vec<String>) {
-    if let Some(state) = proxies.get(&(namespace.to_string(), name.to_string()))
+    if let Some(state) = proxies.get(&(service.namespace.to_string(), service.name.to_string()))
         && let Some(fqdn) = &state.fqdn
     {
         return (
@@ -197,21 +175,19 @@ fn reachable_name(
             state.ips.clone(),
         );
     }
-    let ingress = service
-        .status
-        .as_ref()
-        .filter(|_| tailscale_load_balancer)
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
-    if let Some(ingress) = ingress {
-        let fqdn = ingress.iter().find_map(|i| i.hostname.clone());
-        let ips: Vec<String> = ingress.iter().filter_map(|i| i.ip.clone()).collect();
+    if tailscale_load_balancer && !service.ingress.is_empty() {
+        let fqdn = service.ingress.iter().find_map(|i| i.hostname);
+        let ips: Vec<String> = service
+            .ingress
+            .iter()
+            .filter_map(|i| i.ip.map(String::from))
+            .collect();
         if fqdn.is_some() || !ips.is_empty() {
             let fqdn = fqdn.map(|f| f.trim_end_matches('.').to_string());
             return (fqdn, Some(FqdnSource::LoadBalancerStatus), ips);
         }
     }
-    if let Some(domain) = &config.tailnet_domain {
+    if let Some(domain) = &policy.tailnet_domain {
         return (
             Some(format!("{hostname}.{domain}")),
             Some(FqdnSource::Predicted),

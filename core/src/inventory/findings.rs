@@ -1,11 +1,12 @@
 //! Problems users would otherwise find the hard way, found across the whole
-//! inventory (hostname conflicts, runtime ports on operator ports).
+//! inventory (hostname conflicts, runtime ports on operator ports, second
+//! owners).
 
 use std::collections::BTreeMap;
 
-use super::{AgentReports, Desired, HostPortReport};
-use crate::config::Config;
-use crate::crd::{ExposureKind, Plane};
+use super::{Desired, HostFacts, HostPortReport, Policy};
+use crate::model::{ExposureKind, Plane, PortSpec};
+use crate::ownership::collides;
 
 /// What is wrong; each kind is one condition type on the OperatorPort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,7 +65,7 @@ impl Finding {
 }
 
 /// Add the findings that need the whole inventory.
-pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], config: &Config) {
+pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], policy: &Policy) {
     // hostname -> the Services claiming it
     let mut claims: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for port in desired.values() {
@@ -84,11 +85,6 @@ pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], config:
             }
         }
     }
-    let operator_ports: BTreeMap<i32, &str> = config
-        .operator_ports
-        .iter()
-        .map(|p| (i32::from(p.local.port()), p.name.as_str()))
-        .collect();
 
     for port in desired.values_mut() {
         if port.spec.plane != Plane::Runtime {
@@ -112,7 +108,7 @@ pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], config:
                     .filter(|o| **o != id)
                     .map(String::as_str)
                     .collect();
-                found.push(super::Finding::new(
+                found.push(Finding::new(
                     FindingKind::HostnameConflict,
                     format!(
                         "tailnet hostname {hostname:?} is also claimed by {}; only one device can hold it",
@@ -122,30 +118,7 @@ pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], config:
                 break;
             }
         }
-        if port.spec.protocol == "TCP" {
-            if let Some(node_port) = port.spec.node_port
-                && let Some(op) = operator_ports.get(&node_port)
-            {
-                found.push(super::Finding::new(
-                    FindingKind::OperatorPortClash,
-                    format!("NodePort {node_port} is the local port of operator port {op}; the agent's tunnel and the runtime would both claim it"),
-                ));
-            }
-            for h in host_ports {
-                if h.protocol == "TCP"
-                    && Some(i32::from(h.container_port)) == port.spec.node_port
-                    && let Some(op) = operator_ports.get(&i32::from(h.host_port))
-                {
-                    found.push(super::Finding::new(
-                        FindingKind::OperatorPortClash,
-                        format!(
-                            "agent {} sees host port {} published for this port; it is the local port of operator port {op}",
-                            h.agent, h.host_port
-                        ),
-                    ));
-                }
-            }
-        }
+        found.extend(operator_port_clashes(&port.spec, host_ports, policy));
         if let Some(finding) = no_host_port(&port.spec, host_ports) {
             found.push(finding);
         }
@@ -153,13 +126,48 @@ pub fn cross_check(desired: &mut Desired, host_ports: &[HostPortReport], config:
     }
 }
 
+/// A runtime port whose host side (its NodePort, or the host port a Docker
+/// map publishes it on) is an operator port's local port, on the same
+/// protocol ([`collides`]).
+fn operator_port_clashes(
+    spec: &PortSpec,
+    host_ports: &[HostPortReport],
+    policy: &Policy,
+) -> Vec<Finding> {
+    let mut found = Vec::new();
+    let Some(node_port) = spec.node_port.and_then(|p| u16::try_from(p).ok()) else {
+        return found;
+    };
+    for op in &policy.operator_ports {
+        let local = op.local.port();
+        if collides(local, node_port, spec.protocol) {
+            found.push(Finding::new(
+                FindingKind::OperatorPortClash,
+                format!("NodePort {node_port} is the local port of operator port {}; the agent's tunnel and the runtime would both claim it", op.name),
+            ));
+        }
+        for h in host_ports {
+            if h.container_port == node_port
+                && h.protocol == spec.protocol
+                && collides(local, h.host_port, h.protocol)
+            {
+                found.push(Finding::new(
+                    FindingKind::OperatorPortClash,
+                    format!(
+                        "agent {} sees host port {} published for this port; it is the local port of operator port {}",
+                        h.agent, h.host_port, op.name
+                    ),
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// A port reachable only through its NodePort, with Docker facts from at
 /// least one agent and none mapping it: nothing on the host reaches it.
 /// Without any agent's Docker facts nothing is known, so nothing is said.
-fn no_host_port(
-    spec: &crate::crd::OperatorPortSpec,
-    host_ports: &[HostPortReport],
-) -> Option<super::Finding> {
+fn no_host_port(spec: &PortSpec, host_ports: &[HostPortReport]) -> Option<Finding> {
     let node_port = spec.node_port?;
     let only_node_port = !spec.exposures.is_empty()
         && spec
@@ -171,7 +179,7 @@ fn no_host_port(
     }
     let mut agents: Vec<&str> = host_ports.iter().map(|h| h.agent.as_str()).collect();
     agents.dedup();
-    Some(super::Finding::new(
+    Some(Finding::new(
         FindingKind::NoHostPort,
         format!(
             "NodePort {node_port} has no Docker port map on the VM of {}, so nothing on the host reaches it; \
@@ -183,29 +191,30 @@ fn no_host_port(
 }
 
 /// A second owner on a host holds the port's host side: its NodePort, or
-/// the host port a Docker map publishes it on.
-pub fn second_owners(desired: &mut Desired, agents: &AgentReports) {
-    if agents.second_owners.is_empty() {
+/// the host port a Docker map publishes it on. Agents scan TCP listeners,
+/// so only TCP ports are matched.
+pub fn second_owners(desired: &mut Desired, hosts: HostFacts<'_>) {
+    if hosts.second_owners.is_empty() {
         return;
     }
     for port in desired.values_mut() {
-        if port.spec.plane != Plane::Runtime || port.spec.protocol != "TCP" {
+        if port.spec.plane != Plane::Runtime || port.spec.protocol != crate::Protocol::Tcp {
             continue;
         }
         let Some(node_port) = port.spec.node_port else {
             continue;
         };
-        for o in &agents.second_owners {
-            let mapped = agents.host_ports.iter().any(|h| {
+        for o in hosts.second_owners {
+            let mapped = hosts.host_ports.iter().any(|h| {
                 h.agent == o.agent
-                    && h.protocol == "TCP"
+                    && h.protocol == crate::Protocol::Tcp
                     && i32::from(h.container_port) == node_port
                     && h.host_port == o.port
             });
             if i32::from(o.port) != node_port && !mapped {
                 continue;
             }
-            port.findings.push(super::Finding::new(
+            port.findings.push(Finding::new(
                 FindingKind::SecondOwner,
                 format!(
                     "on host {}, {}:{} is held by pid {} ({}: {}), not by the runtime's forwarders; \

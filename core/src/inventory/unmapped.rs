@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Desired, DesiredPort, Finding, FindingKind, HostPortReport};
-use crate::crd::{Exposure, ExposureKind, OperatorPortSpec, Plane};
+use crate::Protocol;
+use crate::model::{Exposure, ExposureKind, Plane, PortSpec};
 
 /// Objects for unmapped maps, at most: the reports are bounded, but 256
 /// agents x 1,024 maps would still be a flood of objects.
@@ -18,8 +19,8 @@ pub const MAX_UNMAPPED: usize = 64;
 /// `hostport.<host port>.<container port>`, with `-udp` / `-sctp`. It cannot
 /// meet a Service's `<namespace>.<service>.<port>`: a Service name starts
 /// with a letter (RFC 1035 label), never a digit.
-pub fn unmapped_name(host_port: u16, container_port: u16, protocol: &str) -> String {
-    super::object_name(
+pub fn unmapped_name(host_port: u16, container_port: u16, protocol: Protocol) -> String {
+    crate::names::object_name(
         "hostport",
         &host_port.to_string(),
         container_port.into(),
@@ -36,19 +37,19 @@ pub fn add_unmapped(
     host_ports: &[HostPortReport],
     operator_targets: &BTreeSet<u16>,
 ) {
-    let node_ports: BTreeSet<(i32, &str)> = desired
+    let node_ports: BTreeSet<(i32, Protocol)> = desired
         .values()
         .filter(|p| p.spec.plane == Plane::Runtime)
-        .filter_map(|p| Some((p.spec.node_port?, p.spec.protocol.as_str())))
+        .filter_map(|p| Some((p.spec.node_port?, p.spec.protocol)))
         .collect();
     // (host port, container port, protocol) -> the agents that see the map
-    let mut maps: BTreeMap<(u16, u16, &str), Vec<&str>> = BTreeMap::new();
+    let mut maps: BTreeMap<(u16, u16, Protocol), Vec<&str>> = BTreeMap::new();
     for h in host_ports {
-        let wanted = node_ports.contains(&(i32::from(h.container_port), h.protocol.as_str()));
-        let operator = h.protocol == "TCP" && operator_targets.contains(&h.container_port);
+        let wanted = node_ports.contains(&(i32::from(h.container_port), h.protocol));
+        let operator = h.protocol == Protocol::Tcp && operator_targets.contains(&h.container_port);
         if !wanted && !operator {
             let agents = maps
-                .entry((h.host_port, h.container_port, h.protocol.as_str()))
+                .entry((h.host_port, h.container_port, h.protocol))
                 .or_default();
             if !agents.contains(&h.agent.as_str()) {
                 agents.push(&h.agent);
@@ -58,16 +59,17 @@ pub fn add_unmapped(
     let mut added = Vec::new();
     for ((host_port, container_port, protocol), agents) in maps.into_iter().take(MAX_UNMAPPED) {
         let message = format!(
-            "the VM of {} maps host port {host_port} to container port {container_port}/{protocol}, \
+            "the VM of {} maps host port {host_port} to container port {container_port}/{}, \
              but no Service has nodePort {container_port}, so the map leads nowhere; the NodePort must \
              equal the Docker container-side port: set spec.ports[].nodePort: {container_port} on the \
              Service meant to be reached on 127.0.0.1:{host_port} (or the map is left from an earlier cluster)",
-            agents.join(", ")
+            agents.join(", "),
+            protocol.as_str()
         );
-        let spec = OperatorPortSpec {
+        let spec = PortSpec {
             plane: Plane::Runtime,
             port: host_port.into(),
-            protocol: protocol.into(),
+            protocol,
             endpoint: Some(format!("127.0.0.1:{host_port}")),
             owner: "colima".into(),
             service: None,
@@ -88,8 +90,6 @@ pub fn add_unmapped(
         let port = DesiredPort {
             spec,
             findings: vec![Finding::new(FindingKind::NoNodePort, message)],
-            agents: Vec::new(),
-            health: None,
         };
         added.push((unmapped_name(host_port, container_port, protocol), port));
     }
@@ -99,23 +99,23 @@ pub fn add_unmapped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::names::object_name;
+    use crate::names::object_name;
 
-    fn map(agent: &str, host: u16, container: u16, protocol: &str) -> HostPortReport {
+    fn map(agent: &str, host: u16, container: u16, protocol: Protocol) -> HostPortReport {
         HostPortReport {
             agent: agent.into(),
             host_port: host,
             container_port: container,
-            protocol: protocol.into(),
+            protocol,
         }
     }
 
-    fn node_port_service(node_port: i32, protocol: &str) -> (String, DesiredPort) {
+    fn node_port_service(node_port: i32, protocol: Protocol) -> (String, DesiredPort) {
         let mut port = DesiredPort {
-            spec: OperatorPortSpec {
+            spec: PortSpec {
                 plane: Plane::Runtime,
                 port: 80,
-                protocol: protocol.into(),
+                protocol,
                 endpoint: None,
                 owner: "colima".into(),
                 service: None,
@@ -126,8 +126,6 @@ mod tests {
                 target: None,
             },
             findings: Vec::new(),
-            agents: Vec::new(),
-            health: None,
         };
         port.spec.port = node_port;
         (object_name("apps", "web", node_port, protocol), port)
@@ -135,11 +133,13 @@ mod tests {
 
     #[test]
     fn a_map_without_a_node_port_gets_an_object_naming_both_ports_and_the_agents() {
-        let mut desired: Desired = [node_port_service(3000, "TCP")].into_iter().collect();
+        let mut desired: Desired = [node_port_service(3000, Protocol::Tcp)]
+            .into_iter()
+            .collect();
         let maps = [
-            map("laptop", 9627, 3000, "TCP"),
-            map("laptop", 9628, 3001, "TCP"),
-            map("mini", 9628, 3001, "TCP"),
+            map("laptop", 9627, 3000, Protocol::Tcp),
+            map("laptop", 9628, 3001, Protocol::Tcp),
+            map("mini", 9628, 3001, Protocol::Tcp),
         ];
         add_unmapped(&mut desired, &maps, &BTreeSet::new());
         assert!(
@@ -160,12 +160,14 @@ mod tests {
 
     #[test]
     fn protocol_and_operator_targets_are_respected() {
-        let mut desired: Desired = [node_port_service(5353, "TCP")].into_iter().collect();
+        let mut desired: Desired = [node_port_service(5353, Protocol::Tcp)]
+            .into_iter()
+            .collect();
         let maps = [
             // A UDP map is not served by a TCP NodePort of the same number.
-            map("laptop", 5353, 5353, "UDP"),
+            map("laptop", 5353, 5353, Protocol::Udp),
             // Docker publishes the node's kube API: an operator target.
-            map("laptop", 6443, 6443, "TCP"),
+            map("laptop", 6443, 6443, Protocol::Tcp),
         ];
         add_unmapped(&mut desired, &maps, &BTreeSet::from([6443]));
         let names: Vec<&String> = desired.keys().collect();
@@ -176,7 +178,7 @@ mod tests {
     fn the_number_of_objects_is_bounded() {
         let mut desired = Desired::new();
         let maps: Vec<HostPortReport> = (0..1000)
-            .map(|i| map("a", 10_000 + i, 20_000 + i, "TCP"))
+            .map(|i| map("a", 10_000 + i, 20_000 + i, Protocol::Tcp))
             .collect();
         add_unmapped(&mut desired, &maps, &BTreeSet::new());
         assert_eq!(desired.len(), MAX_UNMAPPED);
