@@ -9,9 +9,9 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelId, client};
 use tokio::sync::oneshot;
 
-use super::channel_sink::{Buffered, Limits, Sinks};
 use super::client_config::ResolvedHost;
 use super::host_key::{HostKeyPolicy, HostKeyVerdict};
+use crate::tunnel::channel_sink::{Buffered, Limits, Sinks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

@@ -2,6 +2,7 @@
 //! `direct-tcpip` channel per forwarded connection.
 
 pub mod backoff;
+pub mod channel_sink;
 pub mod connection;
 pub mod listener;
 pub mod pool;

@@ -14,12 +14,12 @@ use russh::client;
 use tokio::sync::watch;
 
 use super::backoff::{Backoff, jitter_seed};
-use crate::ssh::channel_sink::Sinks;
+use super::channel_sink::Sinks;
 use crate::ssh::client_config::{ClientConfigError, ResolvedHost, SshEnv, resolve_file};
 use crate::ssh::session::{self, SessionTuning, TunnelHandler};
 
 /// A pooled session: the handle to open channels on, and where the session
-/// delivers their data (see `ssh::channel_sink`).
+/// delivers their data (see `tunnel::channel_sink`).
 pub struct PooledSession {
     pub handle: client::Handle<TunnelHandler>,
     pub sinks: Arc<Sinks>,
