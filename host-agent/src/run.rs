@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime};
 use crate::config::{AgentConfig, Forward};
 use crate::controller_link::{self, LinkState, TunnelStatus};
 use crate::ownership;
-use crate::ssh::channel_sink::{Buffered, Limits};
 use crate::ssh::client_config::SshEnv;
 use crate::ssh::session::{SessionTuning, supported_ciphers};
 use crate::status::live::Live;
-use crate::tunnel::connection::Shared;
+use crate::tunnel::channel_sink::{Buffered, Limits};
+use crate::tunnel::connection::PoolWithGrace;
 use crate::tunnel::listener::{self, BindError, Counters};
 use crate::tunnel::pool::{Pool, PoolConfig};
 
@@ -37,7 +37,7 @@ pub async fn run(config: AgentConfig, config_path: PathBuf) -> Result<(), RunErr
         tracing::info!(forward = f.name, listen = %f.listen, target = %f.target, "listening");
     }
     let pool = Pool::start(pool_config(&config));
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(PoolWithGrace {
         pool,
         outage_grace: config.ssh.outage_grace,
     });

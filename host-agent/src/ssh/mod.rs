@@ -1,7 +1,6 @@
 //! The SSH side: reading the OpenSSH client config, checking host keys, and
 //! opening our own tuned session.
 
-pub mod channel_sink;
 pub mod client_config;
 pub mod host_key;
 pub mod session;

@@ -1,7 +1,7 @@
 //! One forwarded TCP connection over a `direct-tcpip` channel.
 //!
 //! Server -> client: the session writes each packet straight to the client
-//! socket (see `ssh::channel_sink`, which also explains why we never read the
+//! socket (see `tunnel::channel_sink`, which also explains why we never read the
 //! channel's own queue); this task only writes what had to be queued while
 //! the client was slow. Client -> server: a task reads the client and sends
 //! channel data.
@@ -20,7 +20,10 @@ use super::listener::Counters;
 use super::pool::{Pool, SshHandle};
 use crate::config::Target;
 
-pub struct Shared {
+/// What every forwarded connection opens its channel through: the pool of
+/// SSH sessions, and how long a new connection waits for a live session
+/// during an outage before it is closed.
+pub struct PoolWithGrace {
     pub pool: Arc<Pool>,
     pub outage_grace: Duration,
 }
@@ -35,7 +38,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// side too) and its sink and budget are given back (dropping the claim).
 /// Bytes each way are added to `counters`.
 pub async fn forward(
-    shared: Arc<Shared>,
+    shared: Arc<PoolWithGrace>,
     client: TcpStream,
     target: Target,
     forward: String,
@@ -143,7 +146,7 @@ async fn client_to_server(
 }
 
 async fn open_channel(
-    shared: &Shared,
+    shared: &PoolWithGrace,
     target: &Target,
     forward: &str,
 ) -> Option<(SshHandle, russh::Channel<russh::client::Msg>)> {

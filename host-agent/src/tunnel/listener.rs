@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
 
-use super::connection::{self, Shared};
+use super::connection::{self, PoolWithGrace};
 use crate::config::Forward;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ async fn holder_of(port: u16) -> Option<String> {
 /// Accept forever; each connection gets its own task.
 /// `counters` counts this forward's connections, for reports.
 pub async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<PoolWithGrace>,
     forward: Forward,
     listener: TcpListener,
     counters: Arc<Counters>,

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 use russh::client;
 use tokio::sync::watch;
 
+use super::channel_sink::Sinks;
 use crate::backoff::{Backoff, jitter_seed};
-use crate::ssh::channel_sink::Sinks;
 use crate::ssh::client_config::{ClientConfigError, ResolvedHost, SshEnv, resolve_file};
 use crate::ssh::session::{self, SessionTuning, TunnelHandler};
 
 /// A pooled session: the handle to open channels on, and where the session
-/// delivers their data (see `ssh::channel_sink`).
+/// delivers their data (see `tunnel::channel_sink`).
 pub struct PooledSession {
     pub handle: client::Handle<TunnelHandler>,
     pub sinks: Arc<Sinks>,

@@ -1,0 +1,775 @@
+//! Tunnel benchmark: `portplane-agent run` against OpenSSH
+//! `ssh -F <same ssh.config> -o ControlMaster=no -N -L ...`, side by side,
+//! through the same real sshd in the same run, to loopback targets only.
+//!
+//! Two load tools move the bytes: this program's own readers and Debian's
+//! iperf3 (`-R`: the server behind sshd sends); for each transfer it reads
+//! from /proc the CPU time of the tunnel client, of sshd and of the load
+//! tool, and the tunnel client's write syscalls, per byte delivered. Then
+//! a real Kubernetes client (kube-rs) sends `GET /version` to a real
+//! kube-apiserver through each tunnel.
+//!
+//! Run it with `scripts/bench-tunnel` (`make bench-tunnel`), which builds
+//! everything in release mode first. Prints Markdown tables for
+//! BENCHMARKS.md.
+
+mod cost;
+mod iperf;
+mod kube_client;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cost::{Parties, Snapshot, Transfer};
+use portplane_e2e::cluster::ControlPlane;
+use portplane_e2e::sshd::Sshd;
+use portplane_e2e::{free_port, procfs, soak};
+
+const THROUGHPUT_SECS: u64 = 4;
+/// Alternating rounds (agent, ssh, agent, ...); BENCH_ROUNDS overrides.
+const ROUNDS: usize = 5;
+const NEW_CONN_SAMPLES: usize = 500;
+const RTT_SAMPLES: usize = 3000;
+/// Kubernetes-client requests per tunnel and mode, spread over the rounds.
+const KUBE_REQUESTS: usize = 1000;
+
+pub struct Guard(pub Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Tunnel {
+    label: &'static str,
+    proc: Guard,
+    ports: Ports,
+}
+
+/// Loopback ports: behind sshd (the targets) or a tunnel's listeners.
+#[derive(Clone, Copy)]
+struct Ports {
+    echo: u16,
+    /// Sends without end (downloads).
+    source: u16,
+    /// Reads and discards, counting into DRAINED (uploads).
+    drain: u16,
+    iperf: u16,
+    kube: u16,
+}
+
+impl Ports {
+    fn free() -> std::io::Result<Ports> {
+        Ok(Ports {
+            echo: free_port()?,
+            source: free_port()?,
+            drain: free_port()?,
+            iperf: free_port()?,
+            kube: free_port()?,
+        })
+    }
+
+    fn forwards(self, targets: Ports) -> [(&'static str, u16, u16); 5] {
+        [
+            ("echo", self.echo, targets.echo),
+            ("source", self.source, targets.source),
+            ("drain", self.drain, targets.drain),
+            ("iperf", self.iperf, targets.iperf),
+            ("kube", self.kube, targets.kube),
+        ]
+    }
+}
+
+/// Bytes the drain server has received, all connections together.
+static DRAINED: AtomicU64 = AtomicU64::new(0);
+
+/// One round through one tunnel.
+#[derive(Default)]
+struct Round {
+    tool_1: Transfer,
+    tool_4: Transfer,
+    iperf_1: Transfer,
+    iperf_4: Transfer,
+    upload_gbit_1: f64,
+    new_p50: f64,
+    new_p99: f64,
+    rtt_p50: f64,
+    rtt_p99: f64,
+    rss_load: f64,
+    kube_keep_alive: Vec<f64>,
+    kube_new: Vec<f64>,
+}
+
+/// Medians of a tunnel's rounds (latency percentiles: over all samples).
+struct Summary {
+    tool_1: Transfer,
+    tool_4: Transfer,
+    iperf_1: Transfer,
+    iperf_4: Transfer,
+    upload_gbit_1: f64,
+    new_p50: f64,
+    new_p99: f64,
+    rtt_p50: f64,
+    rtt_p99: f64,
+    rss_idle: f64,
+    rss_load: f64,
+    kube_keep_alive: (f64, f64),
+    kube_new: (f64, f64),
+    recovery: String,
+}
+
+impl Summary {
+    fn of(rounds: &[Round], rss_idle: f64) -> Summary {
+        let t =
+            |f: fn(&Round) -> Transfer| Transfer::median(&rounds.iter().map(f).collect::<Vec<_>>());
+        let all =
+            |f: fn(&Round) -> &Vec<f64>| percentiles(rounds.iter().flat_map(f).copied().collect());
+        Summary {
+            tool_1: t(|r| r.tool_1),
+            tool_4: t(|r| r.tool_4),
+            iperf_1: t(|r| r.iperf_1),
+            iperf_4: t(|r| r.iperf_4),
+            upload_gbit_1: median(rounds.iter().map(|r| r.upload_gbit_1)),
+            new_p50: median(rounds.iter().map(|r| r.new_p50)),
+            new_p99: median(rounds.iter().map(|r| r.new_p99)),
+            rtt_p50: median(rounds.iter().map(|r| r.rtt_p50)),
+            rtt_p99: median(rounds.iter().map(|r| r.rtt_p99)),
+            rss_idle,
+            rss_load: rounds.iter().map(|r| r.rss_load).fold(0.0, f64::max),
+            kube_keep_alive: all(|r| &r.kube_keep_alive),
+            kube_new: all(|r| &r.kube_new),
+            recovery: String::new(),
+        }
+    }
+}
+
+/// What every round needs besides the tunnel.
+struct Bench {
+    sshd_pid: u32,
+    iperf: iperf::Server,
+    runtime: tokio::runtime::Runtime,
+    kubeconfig: PathBuf,
+    kube_per_round: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let agent_bin = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .context("usage: bench-tunnel <path to release portplane-agent>")?;
+    let mut sshd = Sshd::start()?;
+    if std::env::var_os("BENCH_SOAK_ONLY").is_some() {
+        let work = tempfile::tempdir()?;
+        return print_soak(&agent_bin, &sshd, &work);
+    }
+    let iperf = iperf::Server::start()?;
+    let plane = ControlPlane::start().context("starting kube-apiserver (scripts/cluster)")?;
+    let targets = Ports {
+        echo: serve(echo_conn),
+        source: serve(source_conn),
+        drain: serve(drain_conn),
+        iperf: iperf.port,
+        kube: plane.apiserver_port()?,
+    };
+    let work = tempfile::tempdir()?;
+
+    let agent = start_agent(&agent_bin, &sshd, targets, &work)?;
+    let ssh = start_ssh(&sshd, targets)?;
+    for tunnel in [&agent, &ssh] {
+        wait_echo(tunnel.ports.echo, Duration::from_secs(30))
+            .with_context(|| format!("{} never came up", tunnel.label))?;
+    }
+    if let Some(dir) = std::env::var_os("BENCH_PROFILE") {
+        return profile(&[&agent, &ssh], &PathBuf::from(dir));
+    }
+    let idle = [rss_mib(agent.proc.0.id()), rss_mib(ssh.proc.0.id())];
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(1);
+    let bench = Bench {
+        sshd_pid: sshd.pid().context("sshd is not running")?,
+        iperf,
+        runtime: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?,
+        kubeconfig: plane.kubeconfig().to_path_buf(),
+        kube_per_round: KUBE_REQUESTS.div_ceil(rounds),
+    };
+    // The machine is shared: alternate agent and ssh within each round and
+    // keep the median of the rounds, so background load hits both alike.
+    let mut samples: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    let mut load = Vec::new();
+    for round in 0..rounds {
+        load.push(loadavg());
+        for (i, tunnel) in [&agent, &ssh].into_iter().enumerate() {
+            eprintln!("round {}/{rounds}: {}", round + 1, tunnel.label);
+            samples[i].push(measure(tunnel, &bench)?);
+        }
+    }
+    load.push(loadavg());
+    let mut rows: Vec<Summary> = samples
+        .iter()
+        .zip(idle)
+        .map(|(rounds, rss_idle)| Summary::of(rounds, rss_idle))
+        .collect();
+
+    // Recovery: sshd killed (with its sessions) and started again; time from
+    // sshd accepting until an echo through the tunnel succeeds.
+    let mut recoveries = Vec::new();
+    for _ in 0..5 {
+        sshd.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        sshd.restart()?;
+        let back = Instant::now();
+        wait_echo(agent.ports.echo, Duration::from_secs(30))?;
+        recoveries.push(back.elapsed().as_secs_f64() * 1000.0);
+    }
+    recoveries.sort_by(f64::total_cmp);
+    rows[0].recovery = format!(
+        "median {:.0} ms, max {:.0} ms (5 restarts)",
+        recoveries[recoveries.len() / 2],
+        recoveries[recoveries.len() - 1]
+    );
+    rows[1].recovery = match wait_echo(ssh.ports.echo, Duration::from_secs(5)) {
+        Ok(()) => "recovered".into(),
+        Err(_) => "never (ssh -L does not reconnect)".into(),
+    };
+    print_tables(&[&agent, &ssh], &rows, rounds, &load, &bench);
+    drop(ssh);
+    drop(agent);
+    drop(plane);
+    print_soak(&agent_bin, &sshd, &work)
+}
+
+fn print_tables(
+    tunnels: &[&Tunnel; 2],
+    rows: &[Summary],
+    rounds: usize,
+    load: &[String],
+    bench: &Bench,
+) {
+    println!("medians of {rounds} alternating rounds; RSS under load is the peak");
+    println!(
+        "load average (1, 5, 15 min) at the start of each round and at the end: {}\n",
+        load.join(" | ")
+    );
+    println!(
+        "| | 1 stream Gbit/s (bench / iperf3) | 4 streams Gbit/s (bench / iperf3) | upload, 1 stream Gbit/s | new conn+echo p50 / p99 ms | round trip p50 / p99 ms | RSS idle / under load MiB | recovery after sshd restart |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (t, r) in tunnels.iter().zip(rows) {
+        println!(
+            "| {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} / {:.1} | {} |",
+            t.label,
+            r.tool_1.gbit,
+            r.iperf_1.gbit,
+            r.tool_4.gbit,
+            r.iperf_4.gbit,
+            r.upload_gbit_1,
+            r.new_p50,
+            r.new_p99,
+            r.rtt_p50,
+            r.rtt_p99,
+            r.rss_idle,
+            r.rss_load,
+            r.recovery
+        );
+    }
+    // Throughput swings with the machine's other load; CPU per byte swings
+    // less, and says where a 2-core machine's cycles go.
+    println!(
+        "\nCPU ms per GB delivered and the tunnel client's write syscalls per MB (medians):\n"
+    );
+    println!(
+        "| load tool, streams | tunnel | client ms/GB | sshd ms/GB | load tool ms/GB | whole path ms/GB | client writes/MB |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    type Pick = fn(&Summary) -> Transfer;
+    let kinds: [(&str, Pick); 4] = [
+        ("bench, 1", |s| s.tool_1),
+        ("bench, 4", |s| s.tool_4),
+        ("iperf3 -R, 1", |s| s.iperf_1),
+        ("iperf3 -R, 4", |s| s.iperf_4),
+    ];
+    for (kind, get) in kinds {
+        for (t, r) in tunnels.iter().zip(rows) {
+            let x = get(r);
+            println!(
+                "| {kind} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
+                t.label,
+                x.client_ms_gb,
+                x.sshd_ms_gb,
+                x.tool_ms_gb,
+                x.path_ms_gb(),
+                x.writes_per_mb
+            );
+        }
+    }
+    println!(
+        "\nKubernetes client (kube-rs) GET /version through each tunnel, {} requests per tunnel and mode:\n",
+        bench.kube_per_round * rounds
+    );
+    println!("| | one kept-alive connection p50 / p99 ms | new connection each p50 / p99 ms |");
+    println!("|---|---|---|");
+    for (t, r) in tunnels.iter().zip(rows) {
+        println!(
+            "| {} | {:.3} / {:.3} | {:.3} / {:.3} |",
+            t.label, r.kube_keep_alive.0, r.kube_keep_alive.1, r.kube_new.0, r.kube_new.1
+        );
+    }
+    let (a, s) = (&rows[0], &rows[1]);
+    let ratio = |x: f64, y: f64| x / y;
+    println!("\nagent / ssh, same run:\n");
+    println!("| | bench | iperf3 |");
+    println!("|---|---|---|");
+    println!(
+        "| 1 stream throughput | {:.2}x | {:.2}x |",
+        ratio(a.tool_1.gbit, s.tool_1.gbit),
+        ratio(a.iperf_1.gbit, s.iperf_1.gbit)
+    );
+    println!(
+        "| 4 streams throughput | {:.2}x | {:.2}x |",
+        ratio(a.tool_4.gbit, s.tool_4.gbit),
+        ratio(a.iperf_4.gbit, s.iperf_4.gbit)
+    );
+    println!(
+        "| tunnel client CPU/GB, 1 stream | {:.2}x | {:.2}x |",
+        ratio(a.tool_1.client_ms_gb, s.tool_1.client_ms_gb),
+        ratio(a.iperf_1.client_ms_gb, s.iperf_1.client_ms_gb)
+    );
+    println!(
+        "| tunnel client CPU/GB, 4 streams | {:.2}x | {:.2}x |",
+        ratio(a.tool_4.client_ms_gb, s.tool_4.client_ms_gb),
+        ratio(a.iperf_4.client_ms_gb, s.iperf_4.client_ms_gb)
+    );
+    println!(
+        "| whole path CPU/GB, 1 stream | {:.2}x | {:.2}x |",
+        ratio(a.tool_1.path_ms_gb(), s.tool_1.path_ms_gb()),
+        ratio(a.iperf_1.path_ms_gb(), s.iperf_1.path_ms_gb())
+    );
+    println!(
+        "| whole path CPU/GB, 4 streams | {:.2}x | {:.2}x |",
+        ratio(a.tool_4.path_ms_gb(), s.tool_4.path_ms_gb()),
+        ratio(a.iperf_4.path_ms_gb(), s.iperf_4.path_ms_gb())
+    );
+    println!(
+        "| client writes per MB, 1 stream | {:.2}x | {:.2}x |",
+        ratio(a.tool_1.writes_per_mb, s.tool_1.writes_per_mb),
+        ratio(a.iperf_1.writes_per_mb, s.iperf_1.writes_per_mb)
+    );
+    println!(
+        "\nupload {:.2}x, new conn+echo p50 {:.2}x, kube keep-alive p50 / p99 {:.2}x / {:.2}x, kube new connection p50 / p99 {:.2}x / {:.2}x",
+        ratio(a.upload_gbit_1, s.upload_gbit_1),
+        ratio(a.new_p50, s.new_p50),
+        ratio(a.kube_keep_alive.0, s.kube_keep_alive.0),
+        ratio(a.kube_keep_alive.1, s.kube_keep_alive.1),
+        ratio(a.kube_new.0, s.kube_new.0),
+        ratio(a.kube_new.1, s.kube_new.1),
+    );
+}
+
+/// BENCH_PROFILE=<dir>: a 1-stream download through each tunnel in turn
+/// (the bench's own reader) under `perf record -g` (DWARF call graphs) of the
+/// tunnel client; writes `<dir>/<agent|ssh>.perf.data` and prints how to
+/// read them.
+fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (tunnel, name) in tunnels.iter().zip(["agent", "ssh"]) {
+        let out = dir.join(format!("{name}.perf.data"));
+        let mut perf = Guard(
+            Command::new("perf")
+                .args(["record", "--call-graph", "dwarf,16384", "-F", "999", "-o"])
+                .arg(&out)
+                .args(["-p", &tunnel.proc.0.id().to_string()])
+                .args(["--", "sleep", &(THROUGHPUT_SECS + 1).to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("perf record (scripts/deps perf installs it)")?,
+        );
+        let (gbit, _) = throughput(tunnel.ports.source, 1)?;
+        perf.0.wait()?;
+        println!(
+            "{}: {gbit:.2} Gbit/s while recorded to {}",
+            tunnel.label,
+            out.display()
+        );
+    }
+    println!(
+        "\nread with: perf report -i <file> --no-children --sort symbol --stdio -g none \
+         (or --children for inclusive figures)"
+    );
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The churn soak (`portplane_e2e::soak`) through a fresh agent: 1,000
+/// connections, 100 stalled and cut, 100 resets, 200 early closes; what it
+/// left behind. Agent only: `ssh -L` never cuts a stalled client, so the
+/// same plan would only measure its 100 held channels.
+fn print_soak(bin: &PathBuf, sshd: &Sshd, work: &tempfile::TempDir) -> anyhow::Result<()> {
+    let plan = soak::Plan::standard();
+    let targets = soak::Targets::start(plan.download_bytes)?;
+    let listen = soak::Listen {
+        stall: free_port()?,
+        reset: free_port()?,
+        early: free_port()?,
+        echo: free_port()?,
+        bulk: free_port()?,
+    };
+    let forwards = [
+        ("echo", listen.echo, targets.echo.port),
+        ("stall", listen.stall, targets.stall.port),
+        ("reset", listen.reset, targets.reset.port),
+        ("early", listen.early, targets.early.port),
+        ("bulk", listen.bulk, targets.bulk.port),
+    ];
+    let mut config = format!(
+        "name = \"soak\"\n[ssh]\nconfig = \"{}\"\nhost = \"{}\"\n",
+        sshd.ssh_config_path().display(),
+        sshd.host_alias(),
+    );
+    for (name, listen, target) in forwards {
+        config.push_str(&format!(
+            "[[forward]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{listen}\"\ntarget = \"127.0.0.1:{target}\"\n"
+        ));
+    }
+    config.push_str(&format!(
+        "[kubeconfig]\nforward = \"echo\"\npath = \"{dir}/soak-kubeconfig\"\n\
+         [talosconfig]\nforward = \"echo\"\npath = \"{dir}/soak-talosconfig\"\n",
+        dir = work.path().display(),
+    ));
+    let path = work.path().join("soak-agent.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(work.path().join("soak-agent.log"))?;
+    let agent = Guard(
+        Command::new(bin)
+            .env_remove("KUBECONFIG")
+            .env_remove("TALOSCONFIG")
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    wait_echo(listen.echo, Duration::from_secs(30)).context("the soak agent never came up")?;
+    let figures = soak::run(agent.0.id(), listen, &targets, plan)?;
+    println!(
+        "\nchurn soak: {} connections, {} stalled (must be cut), {} client resets, {} early server closes; then a {} MiB download read at ~12 MB/s\n",
+        plan.connections,
+        plan.stalled,
+        plan.resets,
+        plan.early_closes,
+        plan.download_bytes / (1024 * 1024)
+    );
+    println!("{}", soak::Figures::MARKDOWN_HEADER);
+    println!("{}", figures.markdown_row("portplane-agent"));
+    for failure in figures.failures.iter().take(10) {
+        println!("- failed: {failure}");
+    }
+    Ok(())
+}
+
+/// One round of every measurement through `tunnel`.
+fn measure(tunnel: &Tunnel, bench: &Bench) -> anyhow::Result<Round> {
+    let pid = tunnel.proc.0.id();
+    let parties = Parties {
+        client: pid,
+        sshd: bench.sshd_pid,
+        server: None,
+    };
+    let mut round = Round {
+        tool_1: charged(parties, || throughput(tunnel.ports.source, 1))?,
+        upload_gbit_1: upload(tunnel.ports.drain)?,
+        ..Round::default()
+    };
+    let peak = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max((rss_mib(pid) * 1024.0) as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    round.tool_4 = charged(parties, || throughput(tunnel.ports.source, 4))?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    round.rss_load = peak.load(Ordering::Relaxed) as f64 / 1024.0;
+    let with_iperf = Parties {
+        server: Some(bench.iperf.pid()),
+        ..parties
+    };
+    round.iperf_1 = charged(with_iperf, || iperf::download(tunnel.ports.iperf, 1))?;
+    round.iperf_4 = charged(with_iperf, || iperf::download(tunnel.ports.iperf, 4))?;
+    (round.new_p50, round.new_p99) = new_connection_latency(tunnel.ports.echo)?;
+    (round.rtt_p50, round.rtt_p99) = round_trip_latency(tunnel.ports.echo)?;
+    let n = bench.kube_per_round;
+    (round.kube_keep_alive, round.kube_new) = bench.runtime.block_on(async {
+        let config = kube_client::config_through(&bench.kubeconfig, tunnel.ports.kube).await?;
+        anyhow::Ok((
+            kube_client::keep_alive(&config, n).await?,
+            kube_client::new_connections(&config, n).await?,
+        ))
+    })?;
+    Ok(round)
+}
+
+/// Run a transfer (returning Gbit/s and the bytes it delivered) and charge
+/// its CPU time and the tunnel client's write syscalls to those bytes.
+fn charged(
+    parties: Parties,
+    transfer: impl FnOnce() -> anyhow::Result<(f64, u64)>,
+) -> anyhow::Result<Transfer> {
+    let writes = cost::WriteCounter::start(parties.client);
+    let before = Snapshot::take(parties);
+    let (gbit, bytes) = transfer()?;
+    let after = Snapshot::take(parties);
+    let writes = writes.and_then(cost::WriteCounter::finish);
+    Ok(Transfer::between(before, after, gbit, bytes, writes))
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn start_agent(
+    bin: &PathBuf,
+    sshd: &Sshd,
+    targets: Ports,
+    work: &tempfile::TempDir,
+) -> anyhow::Result<Tunnel> {
+    let ports = Ports::free()?;
+    // BENCH_AGENT_SESSIONS sets the pool size (default: the agent's own).
+    let sessions = std::env::var("BENCH_AGENT_SESSIONS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .map(|n| format!("sessions = {n}\n"))
+        .unwrap_or_default();
+    let mut config = format!(
+        "name = \"bench\"\n[ssh]\n{sessions}config = \"{}\"\nhost = \"{}\"\n",
+        sshd.ssh_config_path().display(),
+        sshd.host_alias(),
+    );
+    for (name, listen, target) in ports.forwards(targets) {
+        config.push_str(&format!(
+            "[[forward]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{listen}\"\ntarget = \"127.0.0.1:{target}\"\n"
+        ));
+    }
+    config.push_str(&format!(
+        "[kubeconfig]\nforward = \"echo\"\npath = \"{dir}/kubeconfig\"\n\
+         [talosconfig]\nforward = \"echo\"\npath = \"{dir}/talosconfig\"\n",
+        dir = work.path().display(),
+    ));
+    let path = work.path().join("agent.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(work.path().join("agent.log"))?;
+    let child = Command::new(bin)
+        .env_remove("KUBECONFIG")
+        .env_remove("TALOSCONFIG")
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Tunnel {
+        label: "portplane-agent",
+        proc: Guard(child),
+        ports,
+    })
+}
+
+fn start_ssh(sshd: &Sshd, targets: Ports) -> anyhow::Result<Tunnel> {
+    let ports = Ports::free()?;
+    let mut ssh = Command::new("ssh");
+    ssh.arg("-F").arg(sshd.ssh_config_path()).args([
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-N",
+    ]);
+    for (_, listen, target) in ports.forwards(targets) {
+        ssh.args(["-L", &format!("127.0.0.1:{listen}:127.0.0.1:{target}")]);
+    }
+    let child = ssh.arg(sshd.host_alias()).stdin(Stdio::null()).spawn()?;
+    Ok(Tunnel {
+        label: "ssh -L (OpenSSH)",
+        proc: Guard(child),
+        ports,
+    })
+}
+
+fn serve(handle: fn(TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || handle(stream));
+        }
+    });
+    port
+}
+
+fn echo_conn(mut s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+fn source_conn(mut s: TcpStream) {
+    let buf = vec![0x5au8; 256 * 1024];
+    while s.write_all(&buf).is_ok() {}
+}
+
+fn drain_conn(mut s: TcpStream) {
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        DRAINED.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+fn echo_once(port: u16) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"ping")?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back)?;
+    Ok(())
+}
+
+fn wait_echo(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while echo_once(port).is_err() {
+        if Instant::now() > deadline {
+            bail!("no echo through 127.0.0.1:{port} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Gbit/s received over `streams` parallel connections for THROUGHPUT_SECS,
+/// and every byte moved (warm-up included, for CPU per byte).
+fn throughput(port: u16, streams: usize) -> anyhow::Result<(f64, u64)> {
+    let total = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_SECS + 1);
+    let threads: Vec<_> = (0..streams)
+        .map(|_| {
+            let (total, all) = (total.clone(), all.clone());
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                let mut buf = vec![0u8; 256 * 1024];
+                // One second of warm-up (window growth), then count.
+                let count_from = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < deadline {
+                    let n = s.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    all.fetch_add(n as u64, Ordering::Relaxed);
+                    if Instant::now() >= count_from {
+                        total.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    }
+    Ok((
+        total.load(Ordering::Relaxed) as f64 * 8.0 / 1e9 / THROUGHPUT_SECS as f64,
+        all.load(Ordering::Relaxed),
+    ))
+}
+
+/// Gbit/s that arrived at the drain server while one connection through
+/// `port` sent as fast as it could (1 s warm-up, then THROUGHPUT_SECS
+/// counted at the receiving end, so data still in buffers is not counted).
+fn upload(port: u16) -> anyhow::Result<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let buf = vec![0xa5u8; 256 * 1024];
+    let start = Instant::now();
+    let (count_from, deadline) = (
+        start + Duration::from_secs(1),
+        start + Duration::from_secs(1 + THROUGHPUT_SECS),
+    );
+    let mut counted_from = None;
+    while Instant::now() < deadline {
+        s.write_all(&buf)?;
+        if counted_from.is_none() && Instant::now() >= count_from {
+            counted_from = Some((Instant::now(), DRAINED.load(Ordering::Relaxed)));
+        }
+    }
+    let (t0, b0) = counted_from.context("the upload never reached its counted window")?;
+    let (t1, b1) = (Instant::now(), DRAINED.load(Ordering::Relaxed));
+    Ok((b1 - b0) as f64 * 8.0 / 1e9 / (t1 - t0).as_secs_f64())
+}
+
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+fn new_connection_latency(port: u16) -> anyhow::Result<(f64, f64)> {
+    let mut samples = Vec::new();
+    for _ in 0..NEW_CONN_SAMPLES {
+        let t = Instant::now();
+        echo_once(port)?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(percentiles(samples))
+}
+
+fn round_trip_latency(port: u16) -> anyhow::Result<(f64, f64)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    let mut back = [0u8; 64];
+    let mut samples = Vec::new();
+    for _ in 0..RTT_SAMPLES {
+        let t = Instant::now();
+        s.write_all(&[7u8; 64])?;
+        s.read_exact(&mut back)?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(percentiles(samples))
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    procfs::status_kib(pid, "VmRSS") as f64 / 1024.0
+}
