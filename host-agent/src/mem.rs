@@ -21,8 +21,10 @@ use std::time::Duration;
 /// heap as soon as more than 128 KiB is free there (`M_TRIM_THRESHOLD`), so
 /// the next read faulted the same pages in again: 11% of the agent's samples
 /// in a profile of a download (`exc_page_fault` under russh's packet
-/// allocation, BENCHMARKS.md, issue 12). A 16 MiB threshold keeps them;
-/// freed memory after a burst still goes back through [`release_soon`].
+/// allocation, BENCHMARKS.md, issue 12). A 1 MiB threshold (four reads'
+/// worth) keeps them; 16 MiB did too but left the RSS after a burst of
+/// queued data at 25 MiB instead of 16. Freed memory after a burst still
+/// goes back through [`release_soon`].
 /// Setting the trim threshold also freezes glibc's dynamic mmap threshold,
 /// so that one is set too (1 MiB: the packet and read-ahead buffers stay in
 /// the heap).
@@ -38,7 +40,7 @@ fn tune_malloc() {
     // tunables; it is safe to call at any time (glibc serialises it).
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
     }
 }
 
