@@ -10,7 +10,7 @@ CARGO ?= cargo
 # The controller image the tests and the demo load into the local nodes.
 IMAGE_ARCHIVE := target/image/portplane-controller-amd64.tar
 
-.PHONY: demo test prepare deps cluster build image rust lint bench-tunnel bench-controller clean
+.PHONY: demo test prepare deps cluster build image rust lint bench-tunnel bench-controller bench-agents clean
 
 deps:
 	scripts/deps
@@ -54,6 +54,11 @@ bench-tunnel: deps
 # Services, resync writes (figures in BENCHMARKS.md).
 bench-controller: deps
 	scripts/bench-controller
+
+# The agent link: controller CPU/RSS with 100 real agents, TokenReviews per
+# report, agent state change -> OperatorPort status (figures in BENCHMARKS.md).
+bench-agents: deps
+	scripts/bench-agents
 
 clean:
 	scripts/cluster down || true

@@ -192,7 +192,7 @@ pub struct OperatorPortStatus {
     /// The metadata.generation the status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready plus one condition per problem found (HostnameConflict, InvalidHostname, HeadlessService, OperatorPortClash, NoClusterIP, ExposeAnnotationIgnored, NoHostPort, SecondOwner), merged by type. Operator ports: Ready follows the agents' tunnel reports (TunnelUp, TunnelDown, NoAgentReport).
+    /// Ready plus one condition per problem found (HostnameConflict, InvalidHostname, HeadlessService, OperatorPortClash, NoClusterIP, ExposeAnnotationIgnored, NoHostPort, NoNodePort, SecondOwner), merged by type. Operator ports: Ready follows the agents' tunnel reports (TunnelUp, TunnelDown, NoAgentReport).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// What each host agent reported about this port.

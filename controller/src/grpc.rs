@@ -272,6 +272,9 @@ impl PortInventory for PortInventoryService {
         let report = request.into_inner();
         tracing::debug!(agent = %report.agent, "agent report");
         self.agents.write().await.record(report)?;
+        self.metrics
+            .agent_reports
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.trigger.notify_one();
         Ok(Response::new(pb::ReportAck {
             inventory_revision: self.inventory.borrow().revision,

@@ -24,6 +24,8 @@ pub struct Metrics {
     /// gRPC calls refused: no/bad token, or a name the token may not use.
     pub agent_unauthenticated: AtomicU64,
     pub agent_permission_denied: AtomicU64,
+    /// Agent reports recorded (authenticated, by the leader).
+    pub agent_reports: AtomicU64,
 }
 
 impl Metrics {
@@ -100,6 +102,12 @@ impl Metrics {
             "counter",
             "TokenReviews that got no answer (the call was refused UNAVAILABLE).",
             &[("", get(&self.token_review_errors))],
+        );
+        metric(
+            "portplane_agent_reports_total",
+            "counter",
+            "Agent reports recorded (authenticated, by the leader).",
+            &[("", get(&self.agent_reports))],
         );
         metric(
             "portplane_agent_calls_refused_total",

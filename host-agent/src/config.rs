@@ -137,6 +137,10 @@ fn default_docker_command() -> String {
     "docker".into()
 }
 
+fn default_report_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn default_docker_interval() -> Duration {
     Duration::from_secs(30)
 }
@@ -256,6 +260,12 @@ pub struct ControllerSection {
     /// when the controller is away.
     #[serde(default = "default_inventory_cache")]
     pub inventory_cache: PathBuf,
+    /// How often the agent reports while nothing changes (a tunnel going Up
+    /// or Down is reported at once); default 10s, 1s to 10m. Keep it well
+    /// under the controller's `agents.ttlSeconds` (default 30 s), or the
+    /// agent's entries go stale between reports.
+    #[serde(default = "default_report_interval", with = "humantime_serde")]
+    pub report_interval: Duration,
 }
 
 impl AgentConfig {
@@ -378,6 +388,17 @@ impl AgentConfig {
                     ),
                 ));
             }
+        }
+        if let Some(c) = &self.controller
+            && !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&c.report_interval)
+        {
+            return Err(invalid(
+                "controller.report_interval".into(),
+                format!(
+                    "expected 1s to 10m, got {}",
+                    humantime::format_duration(c.report_interval)
+                ),
+            ));
         }
         if !(1..=32).contains(&self.ssh.sessions) {
             return Err(invalid(
@@ -694,6 +715,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("`forward[1].listen`"), "{err}");
+    }
+
+    #[test]
+    fn report_interval_is_bounded_naming_the_key() {
+        let section = |interval: &str| {
+            format!(
+                "[controller]\nendpoint = \"http://127.0.0.1:1\"\nreport_interval = \"{interval}\"\n"
+            )
+        };
+        let c = parse(&section("2s")).unwrap();
+        assert_eq!(
+            c.controller.unwrap().report_interval,
+            Duration::from_secs(2)
+        );
+        let err = parse(&section("100ms")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("/etc/portplane/agent.toml: `controller.report_interval`")
+                && err.contains("expected 1s to 10m, got 100ms"),
+            "{err}"
+        );
+        let default = parse("[controller]\nendpoint = \"http://127.0.0.1:1\"\n").unwrap();
+        assert_eq!(
+            default.controller.unwrap().report_interval,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

@@ -23,12 +23,14 @@ use crate::tunnel::listener::Counters;
 use crate::tunnel::pool::Pool;
 use tonic::metadata::{Ascii, MetadataValue};
 
-const REPORT_EVERY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a unary call (or the start of the inventory stream) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PINGs on the link, idle or not: a controller that vanished
+/// without a FIN (its node or the network went away) is noticed within
+/// interval + timeout, 10 s, however far apart the reports are.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `call`, or DeadlineExceeded after [`REQUEST_TIMEOUT`] (not set on the
 /// channel: it would also cut the long-lived inventory stream).
@@ -208,7 +210,7 @@ async fn session(
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(with_causes(&e)))?;
-    let mut client = PortInventoryClient::with_interceptor(channel, authorize(bearer));
+    let mut client = PortInventoryClient::with_interceptor(channel, Authorize(bearer));
     let mut stream = within(client.watch_inventory(pb::WatchInventoryRequest {
         agent: agent.into(),
     }))
@@ -218,7 +220,11 @@ async fn session(
     status.link.connected.store(true, Ordering::Relaxed);
     status.link.update(|l| l.last_error = None);
     let mut reporter = client.clone();
-    let mut tick = tokio::time::interval(REPORT_EVERY);
+    let mut tick = tokio::time::interval(controller.report_interval);
+    // A tunnel going Up or Down is reported at once, not at the next tick:
+    // the OperatorPort's Ready follows it within a round trip.
+    let mut changes = status.pool.subscribe();
+    let mut reported_up = None;
     loop {
         tokio::select! {
             message = stream.message() => {
@@ -233,11 +239,29 @@ async fn session(
                 }
             }
             _ = tick.tick() => {
-                within(reporter.report(status.report(agent))).await?;
-                status.link.update(|l| l.last_report = Some(SystemTime::now()));
+                reported_up = Some(send_report(&mut reporter, status, agent).await?);
+            }
+            () = changes.changed() => {
+                if reported_up != Some(status.pool.live_sessions() > 0) {
+                    reported_up = Some(send_report(&mut reporter, status, agent).await?);
+                }
             }
         }
     }
+}
+
+/// One report of the state as it is now; returns whether it said Up.
+async fn send_report(
+    reporter: &mut Client,
+    status: &TunnelStatus,
+    agent: &str,
+) -> Result<bool, tonic::Status> {
+    let up = status.pool.live_sessions() > 0;
+    within(reporter.report(status.report(agent))).await?;
+    status
+        .link
+        .update(|l| l.last_report = Some(SystemTime::now()));
+    Ok(up)
 }
 
 /// The `authorization` value for this connection, from the token file as it
@@ -261,16 +285,24 @@ fn bearer(controller: &ControllerSection) -> Result<MetadataValue<Ascii>, tonic:
 }
 
 /// Adds the bearer token to every call.
-fn authorize(
-    header: MetadataValue<Ascii>,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    move |mut request| {
+#[derive(Clone)]
+struct Authorize(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Authorize {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         request
             .metadata_mut()
-            .insert("authorization", header.clone());
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
+
+type Client = PortInventoryClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorize>,
+>;
 
 /// With the rewrites' atomic writer: readers never see half a file, and the
 /// cache the ownership rule is enforced from is private (0600, 0700 folder).

@@ -7,9 +7,10 @@
 //!
 //! Each poll opens its own short SSH connection with the agent's ssh.config,
 //! keys and host-key policy (never Lima's ControlMaster socket), so the
-//! tunnel's sessions and their data path are not involved. Polled at start
-//! and every `[docker] interval`; only while a controller is configured
-//! (the facts are for it). Failures are logged, the last good answer kept.
+//! tunnel's sessions and their data path are not involved. Polled at start,
+//! every `[docker] interval` and after every tunnel reconnect; only while a
+//! controller is configured (the facts are for it). Failures are logged,
+//! the last good answer kept.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use russh::ChannelMsg;
 use crate::config::AgentConfig;
 use crate::ssh::client_config::resolve_file;
 use crate::ssh::session;
-use crate::tunnel::pool::PoolConfig;
+use crate::tunnel::pool::{Pool, PoolConfig};
 
 /// `docker inspect` output beyond this is refused (one container's record
 /// is a few KiB).
@@ -156,13 +157,36 @@ pub async fn poll(pool: &PoolConfig, command: &str) -> Result<Vec<pb::HostPort>,
         .unwrap_or_else(|_| Err(format!("{command:?}: no answer within {POLL_TIMEOUT:?}")))
 }
 
-/// Poll until dropped, keeping `out` current.
-pub async fn keep_polling(config: AgentConfig, pool: PoolConfig, out: HostPorts) {
+/// Poll until dropped, keeping `out` current: every `[docker] interval`,
+/// and at once whenever the tunnel's pool gets a session back after having
+/// none (the VM may have been recreated with other maps).
+pub async fn keep_polling(
+    config: AgentConfig,
+    pool: PoolConfig,
+    tunnel: Arc<Pool>,
+    out: HostPorts,
+) {
     let command = command(&config);
     let mut tick = tokio::time::interval(config.docker.interval);
+    let mut changes = tunnel.subscribe();
+    // The oldest live session's start: it moves when every session was lost
+    // and one came back (a VM restart), even if this task saw the loss and
+    // the return as one change; a younger session reconnecting leaves it.
+    let mut up_since = tunnel.up_since();
     let mut last_error: Option<String> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = changes.changed() => {
+                let now = tunnel.up_since();
+                let reconnected = now.is_some() && now != up_since;
+                up_since = now;
+                if !reconnected {
+                    continue;
+                }
+                tracing::debug!("tunnel reconnected: reading the docker port maps again");
+            }
+        }
         match poll(&pool, &command).await {
             Ok(bindings) => {
                 if last_error.take().is_some() {

@@ -52,6 +52,7 @@ pub async fn run(config: AgentConfig, config_path: PathBuf) -> Result<(), RunErr
         tokio::spawn(crate::docker_ports::keep_polling(
             config.clone(),
             pool_config(&config),
+            shared.pool.clone(),
             host_ports.clone(),
         ));
     }

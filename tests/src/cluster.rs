@@ -91,6 +91,12 @@ impl ControlPlane {
         })
     }
 
+    /// The folder `scripts/cluster` keeps the plane's state in (inside a
+    /// temp folder of its own).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }
@@ -210,6 +216,11 @@ fn register_exit_teardown() {
             && let Some(dir) = dir.take()
         {
             stop_state_dir(&dir);
+            // The temp folder around the state: a static's TempDir is never
+            // dropped, so it would stay behind, one per test binary run.
+            if let Some(temp) = dir.parent() {
+                let _ = std::fs::remove_dir_all(temp);
+            }
         }
     }
     // SAFETY: `atexit` only records a function pointer; `teardown` is a plain

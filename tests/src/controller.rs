@@ -73,6 +73,27 @@ pub fn scoped_config(scope: &str, extra: &str) -> String {
     )
 }
 
+/// [`scoped_config`] with one operator port `name` (local
+/// `127.0.0.1:<local>`, `target` as seen from the SSH server) and agents
+/// authenticated in namespace `scope`, stale after `ttl_seconds` (None: the
+/// default 30).
+pub fn agents_config(
+    scope: &str,
+    name: &str,
+    local: u16,
+    target: &str,
+    ttl_seconds: Option<u64>,
+) -> String {
+    let ttl = ttl_seconds.map_or_else(String::new, |t| format!(", ttlSeconds: {t}"));
+    scoped_config(
+        scope,
+        &format!(
+            "operatorPorts:\n- {{name: {name}, local: '127.0.0.1:{local}', target: '{target}'}}\n\
+             agents: {{namespace: {scope}{ttl}}}\n"
+        ),
+    )
+}
+
 impl Controller {
     /// Start the binary with `config` (YAML) and wait until /readyz is 200.
     pub fn start(plane: &ControlPlane, config: &str) -> Controller {
@@ -115,7 +136,12 @@ impl Controller {
             .arg("--config")
             .arg(&self.config_path)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,portplane_controller=debug")
+            // Benchmarks set this to "info": debug logs every agent report.
+            .env(
+                "RUST_LOG",
+                std::env::var("PORTPLANE_CONTROLLER_LOG")
+                    .unwrap_or_else(|_| "info,portplane_controller=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -394,6 +420,18 @@ impl<'a> Scope<'a> {
     }
 
     /// Wait until the OperatorPort is gone.
+    /// Wait until OperatorPort `name` has condition `type_` True; the
+    /// object and the condition's message.
+    pub fn wait_condition(&self, name: &str, type_: &str) -> (serde_json::Value, String) {
+        let o = self.wait_oport(name, type_, |o| {
+            condition(o, type_).is_some_and(|c| c["status"] == "True")
+        });
+        let message = condition(&o, type_).map_or_else(String::new, |c| {
+            c["message"].as_str().unwrap_or_default().to_string()
+        });
+        (o, message)
+    }
+
     pub fn wait_gone(&self, name: &str) {
         eventually(Duration::from_secs(30), &format!("{name} deleted"), || {
             if self.oport(name).is_none() {

@@ -100,8 +100,12 @@ impl Docker {
         Ok(String::from_utf8(out.stdout)?)
     }
 
-    /// Build [`IMAGE`] offline: busybox-static in a rootfs, `docker import`.
+    /// Build [`IMAGE`] offline: busybox-static in a rootfs, `docker import`;
+    /// nothing to do when this dockerd has it already.
     pub fn import_busybox(&self) -> anyhow::Result<()> {
+        if self.docker(&["image", "inspect", IMAGE]).is_ok() {
+            return Ok(());
+        }
         let busybox = Path::new("/bin/busybox");
         if !busybox.exists() {
             bail!(

@@ -13,6 +13,20 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// utime + stime of a process (all its threads) in milliseconds; 0 when
+/// it is gone. /proc counts in USER_HZ, which Linux fixes at 100 for user
+/// space whatever the kernel's own tick rate.
+pub fn cpu_ms(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after "(comm) ": state is the first, utime the 12th.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .map_or(0, |ticks| ticks * 10)
+}
+
 /// TCP sockets in this network namespace still connected to
 /// 127.0.0.1:`port` (ESTABLISHED, or CLOSE_WAIT: the peer closed but this
 /// side has not), read from `/proc/net/tcp`. For a target only sshd dials,
@@ -42,6 +56,19 @@ mod tests {
         assert!(super::status_kib(me, "VmRSS") > 0);
         assert!(super::status_kib(me, "VmHWM") >= super::status_kib(me, "VmRSS"));
         assert_eq!(super::status_kib(me, "VmNope"), 0);
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let me = std::process::id();
+        let before = super::cpu_ms(me);
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(super::cpu_ms(me) >= before + 100, "200 ms of spinning");
+        assert_eq!(super::cpu_ms(u32::MAX), 0);
     }
 
     #[test]

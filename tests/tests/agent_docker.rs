@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use portplane_e2e::agents::{agent_token, write_token};
 use portplane_e2e::cluster::ControlPlane;
-use portplane_e2e::controller::{Controller, Scope, scoped_config};
+use portplane_e2e::controller::{Controller, Scope, agents_config};
 use portplane_e2e::docker::Docker;
 use portplane_e2e::sshd::Sshd;
 use tunnel_support::{Agent, config_for, echo_server, listen_port};
@@ -35,20 +35,20 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
     let docker = Docker::start().unwrap();
     let redis_map = format!("127.0.0.3:{redis}:{redis}");
     docker
-        .talos_node("agdk-controlplane-1", &["127.0.0.3:9627:3000", &redis_map])
+        .talos_node(
+            "agdk-controlplane-1",
+            // 9628 -> 3001: no Service has NodePort 3001 (yet).
+            &["127.0.0.3:9627:3000", &redis_map, "127.0.0.3:9628:3001"],
+        )
         .unwrap_or_else(|e| panic!("{e}\ndockerd log:\n{}", docker.log()));
 
     let plane = ControlPlane::shared();
     let scope = Scope::new(plane, SCOPE);
     let (listen, echo) = (listen_port(), echo_server());
+    let target = format!("127.0.0.1:{echo}");
     let controller = Controller::start(
         plane,
-        &scoped_config(
-            SCOPE,
-            &format!(
-                "operatorPorts:\n- {{name: agdk-kube-apiserver, local: '127.0.0.1:{listen}', target: '127.0.0.1:{echo}'}}\nagents: {{namespace: {SCOPE}}}\n"
-            ),
-        ),
+        &agents_config(SCOPE, "agdk-kube-apiserver", listen, &target, None),
     );
     scope.apply(&scope.service_yaml("bluesky-pds", "NodePort", &[(3000, Some(3000))], &[]));
     scope.apply(&scope.service_yaml("redis", "NodePort", &[(redis, Some(redis))], &[]));
@@ -84,13 +84,7 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
     .unwrap_or_else(|_| panic!("agent log:\n{}", agent.log()));
     assert_eq!(o["spec"]["exposures"][0]["hostPort"], 9627, "{o}");
     assert_eq!(o["spec"]["nodePort"], 3000);
-    let t = scope.wait_oport("agdk.typesense.8108", "NoHostPort", |o| {
-        portplane_e2e::controller::condition(o, "NoHostPort").is_some_and(|c| c["status"] == "True")
-    });
-    let message = portplane_e2e::controller::condition(&t, "NoHostPort").unwrap()["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (_, message) = scope.wait_condition("agdk.typesense.8108", "NoHostPort");
     assert!(
         message.contains("NodePort 8108") && message.contains("laptop"),
         "{message}"
@@ -99,6 +93,30 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
         portplane_e2e::controller::condition(&o, "NoHostPort").is_none(),
         "the mapped PDS is not flagged: {o}"
     );
+
+    // The map to container port 3001 leads nowhere: an object of its own,
+    // not Ready, saying which nodePort to set; gone once a Service takes
+    // NodePort 3001, which then shows the map's host endpoint.
+    let (o, message) = scope.wait_condition("hostport.9628.3001", "NoNodePort");
+    assert!(
+        message.contains("laptop") && message.contains("nodePort: 3001"),
+        "{message}"
+    );
+    assert_eq!(o["spec"]["endpoint"], "127.0.0.1:9628", "{o}");
+    let ready = portplane_e2e::controller::condition(&o, "Ready").unwrap();
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&"False".into(), &"NoNodePort".into())
+    );
+    assert!(
+        scope.oport("hostport.9627.3000").is_none(),
+        "the PDS's map has its NodePort"
+    );
+    scope.apply(&scope.service_yaml("grafana", "NodePort", &[(3001, Some(3001))], &[]));
+    scope.wait_gone("hostport.9628.3001");
+    scope.wait_oport("agdk.grafana.3001", "the host endpoint", |o| {
+        o["spec"]["endpoint"] == "127.0.0.1:9628"
+    });
 
     // A stray `ssh -N -L` on the redis NodePort: a second owner, named with
     // its pid on the redis OperatorPort; gone again once it is stopped.
@@ -125,14 +143,7 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
             .unwrap(),
     );
     let pid = stray.0.id();
-    let o = scope.wait_oport(&redis_name, "SecondOwner naming the stray ssh", |o| {
-        portplane_e2e::controller::condition(o, "SecondOwner")
-            .is_some_and(|c| c["status"] == "True")
-    });
-    let message = portplane_e2e::controller::condition(&o, "SecondOwner").unwrap()["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (_, message) = scope.wait_condition(&redis_name, "SecondOwner");
     assert!(
         message.contains("host laptop")
             && message.contains(&format!("pid {pid} (ssh:"))
@@ -156,5 +167,76 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
     assert!(
         log.contains("No such object") || log.contains("no such"),
         "{log}"
+    );
+}
+
+/// The maps are read again when the tunnel comes back after an outage (a
+/// VM restart may bring other maps), not only every `[docker] interval`
+/// (an hour here, so only the reconnect can explain the new endpoint).
+#[test]
+fn the_maps_are_read_again_after_the_tunnel_reconnects() {
+    const SCOPE: &str = "agdkre";
+    let node_port = portplane_e2e::free_port().unwrap();
+    let (before, after) = (
+        portplane_e2e::free_port().unwrap(),
+        portplane_e2e::free_port().unwrap(),
+    );
+    let docker = Docker::start().unwrap();
+    let node = "agdkre-controlplane-1";
+    let map = |host: u16| format!("127.0.0.3:{host}:{node_port}");
+    docker
+        .talos_node(node, &[&map(before)])
+        .unwrap_or_else(|e| panic!("{e}\ndockerd log:\n{}", docker.log()));
+    let plane = ControlPlane::shared();
+    let scope = Scope::new(plane, SCOPE);
+    let (listen, echo) = (listen_port(), echo_server());
+    let target = format!("127.0.0.1:{echo}");
+    let controller = Controller::start(
+        plane,
+        &agents_config(SCOPE, "agdkre-kube-apiserver", listen, &target, None),
+    );
+    scope.apply(&scope.service_yaml("pds", "NodePort", &[(3000, Some(node_port))], &[]));
+    let mut sshd = Sshd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = write_token(dir.path(), &agent_token(plane, SCOPE, "laptop"));
+    let config = config_for(
+        &sshd,
+        &[("agdkre-kube-apiserver", listen, format!("127.0.0.1:{echo}"))],
+        "",
+    )
+    .replace("name = \"test\"", "name = \"laptop\"")
+        + &format!(
+            "[controller]\nendpoint = \"http://127.0.0.1:{}\"\ntoken_file = \"{}\"\ninventory_cache = \"{}\"\n\
+             [docker]\ncontainer = \"{node}\"\ncommand = \"docker -H {}\"\ninterval = \"1h\"\n",
+            controller.grpc_port,
+            token.display(),
+            dir.path().join("inventory.json").display(),
+            docker.host()
+        );
+    let agent = Agent::start(&config);
+    let name = format!("{SCOPE}.pds.3000");
+    let first = std::panic::catch_unwind(|| {
+        scope.wait_oport(&name, "the first map's host endpoint", |o| {
+            o["spec"]["endpoint"] == format!("127.0.0.1:{before}")
+        })
+    });
+    assert!(first.is_ok(), "agent log:\n{}", agent.log());
+
+    // The "VM" restarts: the node container comes back with another map,
+    // and every SSH session is lost and made anew.
+    docker.docker(&["rm", "-f", node]).unwrap();
+    docker.talos_node(node, &[&map(after)]).unwrap();
+    sshd.stop();
+    sshd.restart().unwrap();
+    let second = std::panic::catch_unwind(|| {
+        scope.wait_oport(&name, "the new map's host endpoint", |o| {
+            o["spec"]["endpoint"] == format!("127.0.0.1:{after}")
+        })
+    });
+    assert!(second.is_ok(), "agent log:\n{}", agent.log());
+    assert!(
+        agent.log_count("tunnel reconnected: reading the docker port maps again") >= 1,
+        "{}",
+        agent.log()
     );
 }

@@ -96,3 +96,53 @@ fn readyz_through_the_real_kubectl() {
         "ok"
     );
 }
+
+/// The shared plane is stopped when its test binary exits, and nothing of
+/// it stays: no process, not its temp folder. Runs this very test binary
+/// again as a child that only starts the shared plane and prints its state
+/// folder.
+#[test]
+fn the_shared_plane_leaves_nothing_behind() {
+    if std::env::var_os("PORTPLANE_SHARED_PLANE_CHILD").is_some() {
+        println!("STATE={}", ControlPlane::shared().state_dir().display());
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_shared_plane_leaves_nothing_behind",
+            "--nocapture",
+        ])
+        .env("PORTPLANE_SHARED_PLANE_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("STATE="))
+        .unwrap_or_else(|| panic!("the child printed no state folder:\n{stdout}"));
+    let temp = std::path::Path::new(state).parent().unwrap();
+    assert!(
+        temp.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("portplane-cluster-"),
+        "{state}"
+    );
+    assert!(!temp.exists(), "{} is left behind", temp.display());
+    // And no process still runs from it (etcd, kube-apiserver, ...).
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.ok()?.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(state).then_some(cmdline)
+        })
+        .collect();
+    assert!(holders.is_empty(), "still running: {holders:?}");
+}

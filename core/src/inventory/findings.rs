@@ -26,6 +26,9 @@ pub enum FindingKind {
     /// Reachable only by NodePort, and no agent's VM has a Docker port map
     /// for it: unreachable from the host.
     NoHostPort,
+    /// A Docker port map on an agent's VM leads to a container port that no
+    /// Service has as its NodePort (`unmapped`).
+    NoNodePort,
     /// A process on an agent's host that is not the runtime listens on the
     /// port's host side.
     SecondOwner,
@@ -42,6 +45,7 @@ impl FindingKind {
             FindingKind::NoClusterIP => "NoClusterIP",
             FindingKind::ExposeAnnotationIgnored => "ExposeAnnotationIgnored",
             FindingKind::NoHostPort => "NoHostPort",
+            FindingKind::NoNodePort => "NoNodePort",
             FindingKind::SecondOwner => "SecondOwner",
         }
     }

@@ -9,12 +9,14 @@
 
 mod exposure;
 mod findings;
+mod unmapped;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 pub use exposure::{EXPOSE_ANNOTATION, HOSTNAME_ANNOTATION, TAGS_ANNOTATION};
 pub use findings::{Finding, FindingKind};
+pub use unmapped::{MAX_UNMAPPED, unmapped_name};
 
 use crate::model::{LocalEndpoint, Plane, PortSpec, TargetEndpoint};
 use crate::{HostPort, Protocol};
@@ -149,6 +151,14 @@ pub fn desired_inventory<'a>(
         desired.insert(port.name.clone(), operator_port(port));
     }
     findings::cross_check(&mut desired, hosts.host_ports, policy);
+    // Docker maps to an operator port's target (the node's 6443, 50000)
+    // are the operator plane's, not a runtime map leading nowhere.
+    let operator_targets = policy
+        .operator_ports
+        .iter()
+        .map(|p| p.target.port)
+        .collect();
+    unmapped::add_unmapped(&mut desired, hosts.host_ports, &operator_targets);
     findings::second_owners(&mut desired, hosts);
     desired
 }

@@ -71,7 +71,10 @@ pub fn runtime_ports(config: &AgentConfig) -> Vec<Check> {
                 checks.push(Check::warn(
                     CAT,
                     &format!("runtime-port-{port}"),
-                    format!("runtime port {port} ({}) has no second owner", rp.name),
+                    format!(
+                        "runtime port {port} ({}) is not an operator port's local port",
+                        rp.name
+                    ),
                     format!(
                         "{port} is the local port of operator port {}, which this agent holds; the runtime cannot publish it on this host (the controller reports OperatorPortClash)",
                         forward.name

@@ -128,6 +128,17 @@ impl Pool {
             .count()
     }
 
+    /// Every slot's session, for tasks that act when a session comes up or
+    /// goes away (the controller link reports a tunnel state change at once;
+    /// the Docker poll re-reads the VM's port maps after a reconnect).
+    pub fn subscribe(&self) -> SessionChanges {
+        let mut slots = self.slots.clone();
+        for s in &mut slots {
+            s.mark_unchanged();
+        }
+        SessionChanges { slots }
+    }
+
     /// A live session, round-robin; waits up to `grace` when none is up.
     pub async fn session(&self, grace: Duration) -> Option<SshHandle> {
         let deadline = Instant::now() + grace;
@@ -155,6 +166,33 @@ impl Pool {
             let slot = self.slots[(start + i) % n].borrow();
             slot.as_ref().filter(|h| !h.handle.is_closed()).cloned()
         })
+    }
+}
+
+/// Changes of the pool's session slots, from [`Pool::subscribe`].
+pub struct SessionChanges {
+    slots: Vec<watch::Receiver<Option<SshHandle>>>,
+}
+
+impl SessionChanges {
+    /// Resolves once any slot has changed since the last call (or since
+    /// [`Pool::subscribe`]). Never resolves once the pool is gone.
+    pub async fn changed(&mut self) {
+        let closed = {
+            let pending: Vec<_> = self
+                .slots
+                .iter_mut()
+                .map(|w| Box::pin(w.changed()))
+                .collect();
+            pending.is_empty() || futures::future::select_all(pending).await.0.is_err()
+        };
+        if closed {
+            // A supervisor ended: the pool is shutting down.
+            std::future::pending::<()>().await;
+        }
+        for s in &mut self.slots {
+            s.mark_unchanged();
+        }
     }
 }
 

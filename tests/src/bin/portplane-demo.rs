@@ -47,11 +47,21 @@ fn main() -> anyhow::Result<()> {
     // The chart grants read access to the Tailscale operator's proxy state
     // in its namespace, which exists wherever the operator runs.
     plane.kubectl_output(&["create", "namespace", "tailscale"])?;
+    let kube_port = port_or_free(16443)?;
+    let talos_port = port_or_free(15000)?;
+    let api_port = plane.apiserver_port()?;
+    // The operator ports as this demo's agent really tunnels them: the VM's
+    // 10.5.0.2 is not here, so both targets are the local API server (no
+    // Talos API either; see the talosconfig below).
     let controller = HelmController::install(
         &plane,
         "portplane",
         "portplane",
-        "config:\n  tailnetDomain: tail7af24.ts.net\n",
+        &format!(
+            "config:\n  tailnetDomain: tail7af24.ts.net\n  operatorPorts:\n\
+             \x20 - {{name: kube-apiserver, local: '127.0.0.1:{kube_port}', target: '127.0.0.1:{api_port}'}}\n\
+             \x20 - {{name: talos-api, local: '127.0.0.1:{talos_port}', target: '127.0.0.1:{api_port}'}}\n"
+        ),
     )?;
     show(
         plane
@@ -113,8 +123,6 @@ fn main() -> anyhow::Result<()> {
     );
 
     step("portplane-agent run: the operator tunnel over its own SSH connection");
-    let kube_port = port_or_free(16443)?;
-    let talos_port = port_or_free(15000)?;
     let kubeconfig = work.path().join("kube/config");
     std::fs::create_dir_all(kubeconfig.parent().context("kubeconfig folder")?)?;
     // The user's kubeconfig as talosctl left it: cluster "joelclaw", server
@@ -152,9 +160,8 @@ fn main() -> anyhow::Result<()> {
              [second_owners]\ninterval = \"2s\"\n",
             ssh_config = sshd.ssh_config_path().display(),
             host = sshd.host_alias(),
-            api_port = plane.apiserver_port()?,
             // No Talos API here: see the talosconfig above.
-            talos_target = plane.apiserver_port()?,
+            talos_target = api_port,
             // A folder the agent makes itself, 0700, as it does under ~/.local/state.
             socket = work.path().join("state/agent.sock").display(),
             kubeconfig = kubeconfig.display(),
