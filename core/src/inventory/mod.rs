@@ -151,6 +151,8 @@ pub fn desired_inventory<'a>(
         desired.insert(port.name.clone(), operator_port(port));
     }
     findings::cross_check(&mut desired, hosts.host_ports, policy);
+    // Docker maps to an operator port's target (the node's 6443, 50000)
+    // are the operator plane's, not a runtime map leading nowhere.
     let operator_targets = policy
         .operator_ports
         .iter()

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Desired, DesiredPort, Finding, FindingKind, HostPortReport};
 use crate::Protocol;
 use crate::model::{Exposure, ExposureKind, Plane, PortSpec};
+use crate::names::object_name;
+use crate::ownership::OPERATOR_PROTOCOL;
 
 /// Objects for unmapped maps, at most: the reports are bounded, but 256
 /// agents x 1,024 maps would still be a flood of objects.
@@ -20,7 +22,7 @@ pub const MAX_UNMAPPED: usize = 64;
 /// meet a Service's `<namespace>.<service>.<port>`: a Service name starts
 /// with a letter (RFC 1035 label), never a digit.
 pub fn unmapped_name(host_port: u16, container_port: u16, protocol: Protocol) -> String {
-    crate::names::object_name(
+    object_name(
         "hostport",
         &host_port.to_string(),
         container_port.into(),
@@ -46,7 +48,8 @@ pub fn add_unmapped(
     let mut maps: BTreeMap<(u16, u16, Protocol), Vec<&str>> = BTreeMap::new();
     for h in host_ports {
         let wanted = node_ports.contains(&(i32::from(h.container_port), h.protocol));
-        let operator = h.protocol == Protocol::Tcp && operator_targets.contains(&h.container_port);
+        let operator =
+            h.protocol == OPERATOR_PROTOCOL && operator_targets.contains(&h.container_port);
         if !wanted && !operator {
             let agents = maps
                 .entry((h.host_port, h.container_port, h.protocol))
@@ -59,12 +62,11 @@ pub fn add_unmapped(
     let mut added = Vec::new();
     for ((host_port, container_port, protocol), agents) in maps.into_iter().take(MAX_UNMAPPED) {
         let message = format!(
-            "the VM of {} maps host port {host_port} to container port {container_port}/{}, \
+            "the VM of {} maps host port {host_port} to container port {container_port}/{protocol}, \
              but no Service has nodePort {container_port}, so the map leads nowhere; the NodePort must \
              equal the Docker container-side port: set spec.ports[].nodePort: {container_port} on the \
              Service meant to be reached on 127.0.0.1:{host_port} (or the map is left from an earlier cluster)",
-            agents.join(", "),
-            protocol.as_str()
+            agents.join(", ")
         );
         let spec = PortSpec {
             plane: Plane::Runtime,
@@ -99,18 +101,18 @@ pub fn add_unmapped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::object_name;
 
-    fn map(agent: &str, host: u16, container: u16, protocol: Protocol) -> HostPortReport {
+    fn map(agent: &str, host: u16, container: u16, protocol: &str) -> HostPortReport {
         HostPortReport {
             agent: agent.into(),
             host_port: host,
             container_port: container,
-            protocol,
+            protocol: Protocol::parse(protocol).unwrap(),
         }
     }
 
-    fn node_port_service(node_port: i32, protocol: Protocol) -> (String, DesiredPort) {
+    fn node_port_service(node_port: i32, protocol: &str) -> (String, DesiredPort) {
+        let protocol = Protocol::parse(protocol).unwrap();
         let mut port = DesiredPort {
             spec: PortSpec {
                 plane: Plane::Runtime,
@@ -133,13 +135,11 @@ mod tests {
 
     #[test]
     fn a_map_without_a_node_port_gets_an_object_naming_both_ports_and_the_agents() {
-        let mut desired: Desired = [node_port_service(3000, Protocol::Tcp)]
-            .into_iter()
-            .collect();
+        let mut desired: Desired = [node_port_service(3000, "TCP")].into_iter().collect();
         let maps = [
-            map("laptop", 9627, 3000, Protocol::Tcp),
-            map("laptop", 9628, 3001, Protocol::Tcp),
-            map("mini", 9628, 3001, Protocol::Tcp),
+            map("laptop", 9627, 3000, "TCP"),
+            map("laptop", 9628, 3001, "TCP"),
+            map("mini", 9628, 3001, "TCP"),
         ];
         add_unmapped(&mut desired, &maps, &BTreeSet::new());
         assert!(
@@ -160,14 +160,12 @@ mod tests {
 
     #[test]
     fn protocol_and_operator_targets_are_respected() {
-        let mut desired: Desired = [node_port_service(5353, Protocol::Tcp)]
-            .into_iter()
-            .collect();
+        let mut desired: Desired = [node_port_service(5353, "TCP")].into_iter().collect();
         let maps = [
             // A UDP map is not served by a TCP NodePort of the same number.
-            map("laptop", 5353, 5353, Protocol::Udp),
+            map("laptop", 5353, 5353, "UDP"),
             // Docker publishes the node's kube API: an operator target.
-            map("laptop", 6443, 6443, Protocol::Tcp),
+            map("laptop", 6443, 6443, "TCP"),
         ];
         add_unmapped(&mut desired, &maps, &BTreeSet::from([6443]));
         let names: Vec<&String> = desired.keys().collect();
@@ -178,7 +176,7 @@ mod tests {
     fn the_number_of_objects_is_bounded() {
         let mut desired = Desired::new();
         let maps: Vec<HostPortReport> = (0..1000)
-            .map(|i| map("a", 10_000 + i, 20_000 + i, Protocol::Tcp))
+            .map(|i| map("a", 10_000 + i, 20_000 + i, "TCP"))
             .collect();
         add_unmapped(&mut desired, &maps, &BTreeSet::new());
         assert_eq!(desired.len(), MAX_UNMAPPED);
