@@ -40,7 +40,7 @@ fn tune_malloc() {
     // tunables; it is safe to call at any time (glibc serialises it).
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 * 1024 * 1024);
     }
 }
 
