@@ -59,17 +59,6 @@ fn verify_hostkeys_proof(
     Ok(())
 }
 
-/// Decodes an SSH `string` from `r`, which borrows from `packet`, as a
-/// slice of `packet`: the bytes are shared, not copied.
-fn decode_string_in(packet: &Bytes, r: &mut &[u8]) -> Result<Bytes, ssh_encoding::Error> {
-    let len = usize::try_from(u32::decode(r)?).map_err(|_| ssh_encoding::Error::Length)?;
-    let (data, rest) = r
-        .split_at_checked(len)
-        .ok_or(ssh_encoding::Error::Length)?;
-    *r = rest;
-    Ok(packet.slice_ref(data))
-}
-
 impl Session {
     pub(crate) async fn client_read_encrypted<H: Handler>(
         &mut self,
@@ -82,26 +71,13 @@ impl Session {
             pkt.buffer.len()
         );
 
-        // The packet becomes a `Bytes` without a copy, so that channel data
-        // can be handed out as slices of it.
-        let buf = Bytes::from(std::mem::take(&mut pkt.buffer));
-        self.process_packet_bytes(client, &buf).await
+        self.process_packet(client, &pkt.buffer).await
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn process_packet<H: Handler>(
         &mut self,
         client: &mut H,
         buf: &[u8],
-    ) -> Result<(), H::Error> {
-        self.process_packet_bytes(client, &Bytes::copy_from_slice(buf))
-            .await
-    }
-
-    pub(crate) async fn process_packet_bytes<H: Handler>(
-        &mut self,
-        client: &mut H,
-        buf: &Bytes,
     ) -> Result<(), H::Error> {
         // If we've successfully read a packet.
         trace!("process_packet buf = {:?} bytes", buf.len());
@@ -504,7 +480,7 @@ impl Session {
     async fn client_read_authenticated<H: Handler>(
         &mut self,
         client: &mut H,
-        buf: &Bytes,
+        buf: &[u8],
     ) -> Result<(), H::Error> {
         match buf.split_first() {
             Some((&msg::CHANNEL_OPEN_CONFIRMATION, mut reader)) => {
@@ -614,8 +590,7 @@ impl Session {
             Some((&msg::CHANNEL_DATA, mut r)) => {
                 trace!("channel_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
-                // A slice of the packet, not a copy of the payload.
-                let data = map_err!(decode_string_in(buf, &mut r))?;
+                let data = map_err!(Bytes::decode(&mut r))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
@@ -636,7 +611,7 @@ impl Session {
                     let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
                 }
 
-                client.data_bytes(channel_num, data, self).await
+                client.data(channel_num, &data, self).await
             }
             Some((&msg::CHANNEL_EXTENDED_DATA, mut r)) => {
                 debug!("channel_extended_data");

@@ -2052,9 +2052,7 @@ async fn reply<H: Handler>(
 
                         let mut pending = std::mem::take(&mut session.pending_reads);
                         for p in pending.drain(..) {
-                            session
-                                .process_packet_bytes(handler, &bytes::Bytes::from(p))
-                                .await?;
+                            session.process_packet(handler, &p).await?;
                         }
                         session.pending_reads = pending;
                         session.pending_len = 0;
@@ -3101,21 +3099,6 @@ pub trait Handler: Sized + Send {
     /// parameter is a stream identifier, `None` is usually the
     /// standard output, and `Some(1)` is the standard error. See
     /// [RFC4254](https://tools.ietf.org/html/rfc4254#section-5.2).
-    /// Like [`Handler::data`], with the data as a [`bytes::Bytes`] that
-    /// shares the decrypted packet's buffer (no copy was made). russh calls
-    /// this method; the default implementation calls [`Handler::data`].
-    /// Implement this one instead to keep or queue the data (for example to
-    /// write several packets' data to a socket in one `writev`) without
-    /// copying it.
-    fn data_bytes(
-        &mut self,
-        channel: ChannelId,
-        data: bytes::Bytes,
-        session: &mut Session,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        async move { self.data(channel, &data, session).await }
-    }
-
     #[allow(unused_variables)]
     fn extended_data(
         &mut self,
