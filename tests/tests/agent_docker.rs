@@ -14,7 +14,7 @@ use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{Controller, Scope, agents_config};
 use portplane_e2e::docker::Docker;
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, echo_server, listen_port};
+use tunnel_support::{Agent, echo_server, linked_config, listen_port};
 
 const SCOPE: &str = "agdk";
 
@@ -60,21 +60,19 @@ fn docker_port_maps_over_ssh_become_the_nodeport_host_endpoint() {
     let sshd = Sshd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let token = write_token(dir.path(), &agent_token(plane, SCOPE, "laptop"));
-    let config = config_for(
+    let config = linked_config(
         &sshd,
-        &[("agdk-kube-apiserver", listen, format!("127.0.0.1:{echo}"))],
+        "laptop",
+        ("agdk-kube-apiserver", listen, target.clone()),
+        &format!("127.0.0.1:{}", controller.grpc_port),
+        &token,
+        dir.path(),
         "",
-    )
-    .replace("name = \"test\"", "name = \"laptop\"")
-        + &format!(
-            "[controller]\nendpoint = \"http://127.0.0.1:{}\"\ntoken_file = \"{}\"\ninventory_cache = \"{}\"\n\
-             [docker]\ncontainer = \"agdk-controlplane-1\"\ncommand = \"docker -H {}\"\ninterval = \"1s\"\n\
-             [second_owners]\ninterval = \"1s\"\n",
-            controller.grpc_port,
-            token.display(),
-            dir.path().join("inventory.json").display(),
-            docker.host()
-        );
+    ) + &format!(
+        "[docker]\ncontainer = \"agdk-controlplane-1\"\ncommand = \"docker -H {}\"\ninterval = \"1s\"\n\
+         [second_owners]\ninterval = \"1s\"\n",
+        docker.host()
+    );
     let agent = Agent::start(&config);
     let o = std::panic::catch_unwind(|| {
         scope.wait_oport("agdk.bluesky-pds.3000", "the host endpoint", |o| {
@@ -199,20 +197,18 @@ fn the_maps_are_read_again_after_the_tunnel_reconnects() {
     let mut sshd = Sshd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let token = write_token(dir.path(), &agent_token(plane, SCOPE, "laptop"));
-    let config = config_for(
+    let config = linked_config(
         &sshd,
-        &[("agdkre-kube-apiserver", listen, format!("127.0.0.1:{echo}"))],
+        "laptop",
+        ("agdkre-kube-apiserver", listen, target.clone()),
+        &format!("127.0.0.1:{}", controller.grpc_port),
+        &token,
+        dir.path(),
         "",
-    )
-    .replace("name = \"test\"", "name = \"laptop\"")
-        + &format!(
-            "[controller]\nendpoint = \"http://127.0.0.1:{}\"\ntoken_file = \"{}\"\ninventory_cache = \"{}\"\n\
-             [docker]\ncontainer = \"{node}\"\ncommand = \"docker -H {}\"\ninterval = \"1h\"\n",
-            controller.grpc_port,
-            token.display(),
-            dir.path().join("inventory.json").display(),
-            docker.host()
-        );
+    ) + &format!(
+        "[docker]\ncontainer = \"{node}\"\ncommand = \"docker -H {}\"\ninterval = \"1h\"\n",
+        docker.host()
+    );
     let agent = Agent::start(&config);
     let name = format!("{SCOPE}.pds.3000");
     let first = std::panic::catch_unwind(|| {

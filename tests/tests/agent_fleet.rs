@@ -15,7 +15,7 @@ use portplane_e2e::agents::{agent_token, write_token};
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{Controller, Scope, agents_config, condition};
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, echo_server, listen_port};
+use tunnel_support::{Agent, echo_server, linked_config, listen_port};
 
 const SCOPE: &str = "fleet";
 const PORT: &str = "fleet-kube-apiserver";
@@ -62,29 +62,24 @@ fn start_agent(
 ) -> (Agent, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let token = write_token(dir.path(), &agent_token(link.plane, link.scope, name));
-    let mut config = config_for(
+    let mut config = linked_config(
         sshd,
-        &[(link.port, listen_port(), format!("127.0.0.1:{echo}"))],
-        "",
+        name,
+        (link.port, listen_port(), format!("127.0.0.1:{echo}")),
+        &format!("127.0.0.1:{}", link.grpc_port),
+        &token,
+        dir.path(),
+        &format!("report_interval = \"{}\"\n", link.report_interval),
     )
-    .replace("name = \"test\"", &format!("name = \"{name}\""))
     // Each agent rewrites files of its own.
     .replace("/kubeconfig\"", &format!("/kubeconfig-{name}\""))
-    .replace("/talosconfig\"", &format!("/talosconfig-{name}\""));
+    .replace("/talosconfig\"", &format!("/talosconfig-{name}\""))
+        + "[docker]\nenabled = false\n[second_owners]\nenabled = false\n";
     if let Some(path) = ssh_config {
         let own = sshd.ssh_config_path().display().to_string();
         assert!(config.contains(&own), "{config}");
         config = config.replace(&own, &path.display().to_string());
     }
-    config += &format!(
-        "[controller]\nendpoint = \"http://127.0.0.1:{}\"\ntoken_file = \"{}\"\n\
-         inventory_cache = \"{}\"\nreport_interval = \"{}\"\n\
-         [docker]\nenabled = false\n[second_owners]\nenabled = false\n",
-        link.grpc_port,
-        token.display(),
-        dir.path().join("inventory.json").display(),
-        link.report_interval,
-    );
     (Agent::start(&config), dir)
 }
 

@@ -14,7 +14,7 @@ use portplane_e2e::blackhole::Blackhole;
 use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::controller::{Controller, Scope, agents_config};
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, echo_server, listen_port};
+use tunnel_support::{Agent, echo_server, linked_config, listen_port};
 
 const SCOPE: &str = "aglink";
 const PORT: &str = "aglink-kube-apiserver";
@@ -42,20 +42,15 @@ fn a_blackholed_link_is_noticed_by_keepalive_and_recovers() {
     let sshd = Sshd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let token = write_token(dir.path(), &agent_token(plane, SCOPE, "echo"));
-    let config = config_for(
+    let config = linked_config(
         &sshd,
-        &[(PORT, listen_port(), format!("127.0.0.1:{echo}"))],
-        "",
-    )
-    .replace("name = \"test\"", "name = \"echo\"")
-        + &format!(
-            "[controller]\nendpoint = \"http://{}\"\ntoken_file = \"{}\"\n\
-             inventory_cache = \"{}\"\nreport_interval = \"10m\"\n\
-             [docker]\nenabled = false\n[second_owners]\nenabled = false\n",
-            relay.addr(),
-            token.display(),
-            dir.path().join("inventory.json").display(),
-        );
+        "echo",
+        (PORT, listen_port(), target.clone()),
+        &relay.addr().to_string(),
+        &token,
+        dir.path(),
+        "report_interval = \"10m\"\n",
+    ) + "[docker]\nenabled = false\n[second_owners]\nenabled = false\n";
     let agent = Agent::start(&config);
     let first = std::panic::catch_unwind(|| {
         scope.wait_oport(PORT, "the agent's first report", |o| last_seen(o).is_some())

@@ -119,6 +119,29 @@ pub fn config_for(sshd: &Sshd, forwards: &[(&str, u16, String)], extra: &str) ->
     text
 }
 
+/// [`config_for`] with one forward, the agent named `name`, and a
+/// `[controller]` section: `endpoint` (`host:port`, plaintext on loopback),
+/// the token file, the inventory cache in `dir`, and `extra` (TOML lines of
+/// that section, e.g. `report_interval`). Further sections are appended by
+/// the caller.
+pub fn linked_config(
+    sshd: &Sshd,
+    name: &str,
+    forward: (&str, u16, String),
+    endpoint: &str,
+    token: &Path,
+    dir: &Path,
+    extra: &str,
+) -> String {
+    config_for(sshd, &[forward], "").replace("name = \"test\"", &format!("name = \"{name}\""))
+        + &format!(
+            "[controller]\nendpoint = \"http://{endpoint}\"\ntoken_file = \"{}\"\n\
+             inventory_cache = \"{}\"\n{extra}",
+            token.display(),
+            dir.join("inventory.json").display(),
+        )
+}
+
 pub fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool, why: impl Fn() -> String) {
     let deadline = Instant::now() + timeout;
     while !ok() {
