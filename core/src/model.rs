@@ -85,6 +85,22 @@ pub struct Exposure {
     pub host_port: Option<i32>,
 }
 
+impl Exposure {
+    /// The NodePort path (Lima/Docker), published on the host at
+    /// `host_port` when an agent reports a Docker map for it.
+    pub fn node_port(host_port: Option<i32>) -> Exposure {
+        Exposure {
+            kind: ExposureKind::NodePort,
+            hostname: None,
+            fqdn: None,
+            fqdn_source: None,
+            tailnet_ips: Vec::new(),
+            tags: Vec::new(),
+            host_port,
+        }
+    }
+}
+
 /// The exposure path.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]

@@ -115,15 +115,7 @@ pub fn service_ports(
                 .filter(|h| i32::from(h.container_port) == node_port && h.protocol == protocol)
                 .map(|h| i32::from(h.host_port))
                 .min();
-            exposures.push(Exposure {
-                kind: ExposureKind::NodePort,
-                hostname: None,
-                fqdn: None,
-                fqdn_source: None,
-                tailnet_ips: Vec::new(),
-                tags: Vec::new(),
-                host_port,
-            });
+            exposures.push(Exposure::node_port(host_port));
         }
         let endpoint = endpoint(&exposures, port.port, node_port, host_port);
         let owner = owner(&exposures);

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Desired, DesiredPort, Finding, FindingKind, HostPortReport};
 use crate::Protocol;
-use crate::model::{Exposure, ExposureKind, Plane, PortSpec};
+use crate::model::{Exposure, Plane, PortSpec};
 use crate::names::object_name;
 use crate::ownership::OPERATOR_PROTOCOL;
 
@@ -77,15 +77,7 @@ pub fn add_unmapped(
             service: None,
             target_port: None,
             node_port: None,
-            exposures: vec![Exposure {
-                kind: ExposureKind::NodePort,
-                hostname: None,
-                fqdn: None,
-                fqdn_source: None,
-                tailnet_ips: Vec::new(),
-                tags: Vec::new(),
-                host_port: Some(host_port.into()),
-            }],
+            exposures: vec![Exposure::node_port(Some(host_port.into()))],
             local: None,
             target: None,
         };
