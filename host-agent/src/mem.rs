@@ -11,6 +11,42 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// Keep freed packet buffers in malloc's heap instead of trimming them after
+/// every read of the SSH socket (call before the first session; repeated
+/// calls do nothing).
+///
+/// Each read of the SSH socket decodes up to 256 KiB of packets whose buffers
+/// now live until the clients' writes (`tunnel::channel_sink` stages them
+/// without copying) and are then freed together. glibc trims the top of a
+/// heap as soon as more than 128 KiB is free there (`M_TRIM_THRESHOLD`), so
+/// the next read faulted the same pages in again: 11% of the agent's samples
+/// in a profile of a download (`exc_page_fault` under russh's packet
+/// allocation, BENCHMARKS.md, issue 12). A 1 MiB threshold (four reads'
+/// worth) keeps them; 16 MiB did too but left the RSS after a burst of
+/// queued data at 25 MiB instead of 16. Freed memory after a burst still
+/// goes back through [`release_soon`].
+/// Setting the trim threshold also freezes glibc's dynamic mmap threshold,
+/// so that one is set too (1 MiB: the packet and read-ahead buffers stay in
+/// the heap).
+pub fn keep_packet_heap() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(tune_malloc);
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_malloc() {
+    // SAFETY: mallopt takes two integers and only changes malloc's own
+    // tunables; it is safe to call at any time (glibc serialises it).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
+
 static SCHEDULED: AtomicBool = AtomicBool::new(false);
 
 /// A burst of queued data was freed: return free memory to the OS once

@@ -2,11 +2,17 @@
 //! throughput, authenticated with every IdentityFile in turn.
 
 use std::borrow::Cow;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelId, client};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::client_config::ResolvedHost;
@@ -100,10 +106,12 @@ impl Drop for TunnelHandler {
 impl client::Handler for TunnelHandler {
     type Error = russh::Error;
 
-    async fn data(
+    /// The data shares russh's decrypted packet (vendor/russh: no copy);
+    /// the sink stages it until the session reads the socket again.
+    async fn data_bytes(
         &mut self,
         channel: ChannelId,
-        data: &[u8],
+        data: Bytes,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
         self.sinks.deliver(channel, data).await;
@@ -193,6 +201,61 @@ fn cpu_has_aes() -> bool {
 /// Read-ahead on the SSH socket: a few of the largest packets.
 const READ_AHEAD: usize = 256 * 1024;
 
+/// The SSH socket as russh sees it. russh reads each packet with two exact
+/// reads (length, then body); the read-ahead buffer turns that into one read
+/// syscall per [`READ_AHEAD`] bytes. Each time that buffer is used up, just
+/// before the socket itself is read again, what the packets decoded from it
+/// staged for clients is written out ([`Sinks::flush_staged`]): one write per
+/// client per read of the SSH socket. Writes pass straight through.
+struct SshSocket {
+    inner: BufReader<TcpStream>,
+    sinks: Arc<Sinks>,
+}
+
+impl AsyncRead for SshSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.inner.buffer().is_empty() {
+            this.sinks.flush_staged();
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SshSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// The russh client config: an 8 MiB window and 64 KiB packets so a single
 /// stream is not window-bound on a fast link, TCP_NODELAY for request/reply
 /// latency, and the cipher order the ssh config resolved to.
@@ -237,6 +300,7 @@ async fn connect_inner(
     tuning: &SessionTuning,
     target: &str,
 ) -> Result<Session, SessionError> {
+    crate::mem::keep_packet_heap();
     let (closed_tx, closed) = oneshot::channel();
     let refusal = Arc::new(Mutex::new(None));
     let sinks = Arc::new(Sinks::new(tuning.limits.clone(), tuning.buffered.clone()));
@@ -260,10 +324,10 @@ async fn connect_inner(
             // OpenSSH decides "localhost" by the address it connected to.
             handler.policy.loopback_peer = socket.peer_addr().is_ok_and(|a| a.ip().is_loopback());
             let _ = socket.set_nodelay(true);
-            // russh reads each packet with two exact reads (length, then
-            // body); a read-ahead buffer turns that into one read syscall per
-            // READ_AHEAD bytes. Writes pass straight through.
-            let socket = tokio::io::BufReader::with_capacity(READ_AHEAD, socket);
+            let socket = SshSocket {
+                inner: BufReader::with_capacity(READ_AHEAD, socket),
+                sinks: sinks.clone(),
+            };
             client::connect_stream(config, socket, handler).await
         }
         Err(e) => Err(russh::Error::IO(e)),

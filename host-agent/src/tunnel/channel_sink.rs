@@ -4,10 +4,17 @@
 //! russh hands every CHANNEL_DATA packet both to the channel's bounded queue
 //! (awaiting when it is full, which would stall every channel of the session,
 //! keepalives included, behind one client that stopped reading) and to the
-//! `Handler::data` callback. We use only the callback: a non-blocking write
-//! to the client while nothing is queued (no task hop per packet, which is
-//! what made the agent slower than `ssh -L`), otherwise a queue that the
-//! connection's writer task empties. The queue is bounded per connection and
+//! `Handler::data_bytes` callback. We use only the callback. While nothing is
+//! queued for a client, its packets' data is *staged* (the `Bytes` russh
+//! hands over share the decrypted packet: no copy) and written with one
+//! non-blocking `writev` when the session is about to read the SSH socket
+//! again ([`Sinks::flush_staged`], called by `ssh::session`'s socket
+//! wrapper): one write per client per read of the SSH socket, as OpenSSH
+//! does, instead of one per packet, and no task hop per packet (which is
+//! what made the agent slower than `ssh -L`). What the client's socket does
+//! not take goes to a queue that the connection's writer task empties.
+//! Staged data is bounded by [`STAGE_LIMIT`] per client (a flush comes
+//! sooner if it is reached). The queue is bounded per connection and
 //! agent-wide: russh 0.65 grants window on receipt (russh#770), so it cannot
 //! push back through the SSH window per channel. Instead:
 //! - a *slow* reader gets back-pressure: once its queue passes
@@ -38,14 +45,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use russh::ChannelId;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
+
+/// Most bytes staged for one client before they are written without waiting
+/// for the session's next read of the SSH socket: the session's read-ahead
+/// (`ssh::session`), i.e. what one read can decrypt.
+pub const STAGE_LIMIT: usize = 256 * 1024;
 
 /// Memory bounds for data the server sent that clients have not read yet.
 /// At most `total` plus `pause_above` per connection is queued: queues up
@@ -113,6 +126,8 @@ pub struct Sinks<K = ChannelId> {
     total: Arc<Buffered>,
     /// Waits spent on readers that did not drain: (window start, spent).
     stalls: Mutex<(tokio::time::Instant, Duration)>,
+    /// Sinks with staged data, to write at the next flush.
+    dirty: Mutex<Vec<Arc<Sink>>>,
 }
 
 impl<K: Copy + Eq + Hash> Sinks<K> {
@@ -122,6 +137,18 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             limits,
             total,
             stalls: Mutex::new((tokio::time::Instant::now(), Duration::ZERO)),
+            dirty: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Write every client's staged data, one `writev` each, without
+    /// blocking; what a client's socket does not take is queued for its
+    /// writer task. The session calls this before each read of the SSH
+    /// socket (and before it pauses for a slow reader).
+    pub fn flush_staged(&self) {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        for sink in dirty {
+            sink.flush(&self.limits, &self.total, true);
         }
     }
 
@@ -176,17 +203,32 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     /// at once unless the client is slow (see the module docs). Data for a
     /// channel without a sink (never confirmed, or its connection ended) is
     /// dropped.
-    pub async fn deliver(&self, id: K, data: &[u8]) {
+    pub async fn deliver(&self, id: K, data: Bytes) {
         let Some(sink) = self.map().get(&id).cloned() else {
             return;
         };
-        let Some(budget) = sink.deliver(data, &self.limits, &self.total) else {
-            return;
+        let budget = match sink.deliver(data, &self.limits, &self.total) {
+            Delivered::Done => return,
+            Delivered::Staged { first, full } => {
+                if full {
+                    sink.flush(&self.limits, &self.total, false);
+                }
+                if first {
+                    self.dirty
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(sink);
+                }
+                return;
+            }
+            Delivered::Pause(budget) => budget,
         };
         let budget = budget.min(self.stall_allowance(Duration::ZERO));
         if budget.is_zero() {
             return;
         }
+        // Other clients must not wait for their staged data meanwhile.
+        self.flush_staged();
         let started = tokio::time::Instant::now();
         let low = self.limits.pause_above / 2;
         let drained = tokio::time::timeout(budget, sink.drained(low))
@@ -209,7 +251,7 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     pub fn finish(&self, id: K) {
         let sink = self.map().get(&id).cloned();
         if let Some(sink) = sink {
-            sink.finish();
+            sink.finish(&self.limits, &self.total);
         }
     }
 
@@ -217,7 +259,7 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     pub fn finish_all(&self) {
         let sinks: Vec<_> = self.map().values().cloned().collect();
         for sink in sinks {
-            sink.finish();
+            sink.finish(&self.limits, &self.total);
         }
     }
 
@@ -355,6 +397,8 @@ impl<K: Copy + Eq + Hash> Drop for Claimed<K> {
         }
         drop(map);
         state.client = None;
+        state.staged.clear();
+        state.staged_bytes = 0;
         state.queue.clear();
         state.finished = true;
         let left = std::mem::take(&mut state.queued);
@@ -379,10 +423,28 @@ struct Sink {
     cut: Notify,
 }
 
+/// What [`Sink::deliver`] did with a packet's data.
+enum Delivered {
+    /// Queued or dropped; nothing more to do.
+    Done,
+    /// Staged for the next flush. `first`: the sink was not waiting for a
+    /// flush yet (the caller lists it); `full`: [`STAGE_LIMIT`] is reached
+    /// (the caller flushes it now).
+    Staged { first: bool, full: bool },
+    /// Queued behind a slow client: the session should pause up to this.
+    Pause(Duration),
+}
+
 #[derive(Default)]
 struct SinkState {
     /// None until the connection task claims the channel.
     client: Option<Arc<OwnedWriteHalf>>,
+    /// Data for a client that is keeping up, to be written with one
+    /// `writev` at the next flush; only while nothing is queued.
+    staged: Vec<Bytes>,
+    staged_bytes: usize,
+    /// Listed in `Sinks::dirty`, waiting for a flush.
+    dirty: bool,
     queue: VecDeque<Bytes>,
     /// Bytes in `queue` plus the chunk being written.
     queued: usize,
@@ -407,32 +469,39 @@ impl Sink {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Write or queue `data`; `Some(wait)` when the session should pause
-    /// (up to `wait`) for this slow client.
-    fn deliver(&self, mut data: &[u8], limits: &Limits, total: &Buffered) -> Option<Duration> {
+    /// Stage or queue `data` (see [`Delivered`]).
+    fn deliver(&self, data: Bytes, limits: &Limits, total: &Buffered) -> Delivered {
         let mut state = self.state();
         if state.finished || state.overflow.is_some() {
-            return None;
+            return Delivered::Done;
         }
         if let Some(received) = &state.received {
             received.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        if state.queued == 0
-            && let Some(client) = &state.client
-        {
-            match client.try_write(data) {
-                Ok(n) if n == data.len() => return None,
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                // The client is gone; its writer task ends the connection.
-                Err(_) => {
-                    state.finished = true;
-                    drop(state);
-                    self.wake.notify_one();
-                    return None;
-                }
-            }
+        if state.queued == 0 && state.client.is_some() {
+            state.staged_bytes += data.len();
+            state.staged.push(data);
+            let first = !std::mem::replace(&mut state.dirty, true);
+            return Delivered::Staged {
+                first,
+                full: state.staged_bytes >= STAGE_LIMIT,
+            };
         }
+        self.enqueue(&mut state, data, limits, total);
+        // Unclaimed sinks never pause: nothing could drain them meanwhile.
+        let pause = (state.client.is_some()
+            && state.overflow.is_none()
+            && state.queued > limits.pause_above)
+            .then(|| limits.pause_budget.saturating_sub(state.pause_budget_used))
+            .filter(|left| !left.is_zero());
+        drop(state);
+        self.wake.notify_one();
+        pause.map_or(Delivered::Done, Delivered::Pause)
+    }
+
+    /// Queue `data` for the writer task within the limits, or mark the sink
+    /// overflowed (and wake a writer blocked on the client).
+    fn enqueue(&self, state: &mut SinkState, data: Bytes, limits: &Limits, total: &Buffered) {
         let n = data.len();
         if state.queued + n > limits.per_connection {
             state.overflow = Some("the client left more than the per-connection buffer unread");
@@ -446,20 +515,58 @@ impl Sink {
             }
             state.queued += n;
             state.high_water = state.high_water.max(state.queued);
-            state.queue.push_back(Bytes::copy_from_slice(data));
+            state.queue.push_back(data);
         }
         if state.overflow.is_some() {
             self.cut.notify_waiters();
         }
-        // Unclaimed sinks never pause: nothing could drain them meanwhile.
-        let pause = (state.client.is_some()
-            && state.overflow.is_none()
-            && state.queued > limits.pause_above)
-            .then(|| limits.pause_budget.saturating_sub(state.pause_budget_used))
-            .filter(|left| !left.is_zero());
+    }
+
+    /// Write the staged data with one non-blocking `writev`; queue what the
+    /// client's socket did not take. `listed`: called for the sink's entry
+    /// in `Sinks::dirty` (which is then gone).
+    fn flush(&self, limits: &Limits, total: &Buffered, listed: bool) {
+        let mut state = self.state();
+        if listed {
+            state.dirty = false;
+        }
+        if state.staged.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut state.staged);
+        state.staged_bytes = 0;
+        // Staged only while claimed, and cleared when the claim ends.
+        let Some(client) = state.client.clone() else {
+            return;
+        };
+        let slices: Vec<IoSlice<'_>> = staged.iter().map(|b| IoSlice::new(b)).collect();
+        let mut written = match client.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            // The client is gone; its writer task ends the connection.
+            Err(_) => {
+                state.finished = true;
+                drop(state);
+                self.wake.notify_one();
+                return;
+            }
+        };
+        drop(slices);
+        let mut rest = false;
+        for mut data in staged {
+            if written >= data.len() {
+                written -= data.len();
+                continue;
+            }
+            data.advance(written);
+            written = 0;
+            self.enqueue(&mut state, data, limits, total);
+            rest = true;
+        }
         drop(state);
-        self.wake.notify_one();
-        pause
+        if rest {
+            self.wake.notify_one();
+        }
     }
 
     /// Resolves once at most `low` bytes are queued, or the sink ended.
@@ -476,7 +583,10 @@ impl Sink {
         }
     }
 
-    fn finish(&self) {
+    /// Nothing more will come: write (or queue) what is staged, then let
+    /// the writer task end the connection once the queue is written.
+    fn finish(&self, limits: &Limits, total: &Buffered) {
+        self.flush(limits, total, false);
         self.state().finished = true;
         self.wake.notify_one();
         self.drained.notify_waiters();

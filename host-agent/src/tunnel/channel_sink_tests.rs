@@ -30,6 +30,13 @@ async fn small_buffered_pair() -> (Arc<OwnedWriteHalf>, TcpStream) {
     (Arc::new(write), peer)
 }
 
+/// What the session does for each packet: deliver it, then (as it reads
+/// the SSH socket again) write what was staged.
+async fn deliver(sinks: &Sinks<u32>, id: u32, data: &[u8]) {
+    sinks.deliver(id, Bytes::copy_from_slice(data)).await;
+    sinks.flush_staged();
+}
+
 fn sinks(per_connection: usize, total: usize) -> (Arc<Sinks<u32>>, Arc<Buffered>) {
     let buffered = Arc::new(Buffered::default());
     let limits = Limits {
@@ -48,11 +55,11 @@ async fn data_before_the_claim_arrives_first_and_in_order() {
     let (sinks, buffered) = sinks(1 << 20, 1 << 20);
     let id = 7u32;
     sinks.open(id);
-    sinks.deliver(id, b"hello ").await;
+    deliver(&sinks, id, b"hello ").await;
     assert_eq!(buffered.get(), 6, "unclaimed data is queued and counted");
     let (client, mut peer) = pair().await;
     let claimed = sinks.claim(id, client.clone());
-    sinks.deliver(id, b"world").await;
+    deliver(&sinks, id, b"world").await;
     sinks.finish(id);
     assert_eq!(claimed.write_queued_to(&client).await, Ok(()));
     drop(claimed);
@@ -69,7 +76,7 @@ async fn a_reader_that_keeps_up_is_written_to_directly() {
     let id = 1u32;
     let (client, mut peer) = pair().await;
     let claimed = sinks.claim(id, client);
-    sinks.deliver(id, b"direct").await;
+    deliver(&sinks, id, b"direct").await;
     assert_eq!(buffered.get(), 0, "nothing queued");
     let mut got = [0u8; 6];
     peer.read_exact(&mut got).await.unwrap();
@@ -87,7 +94,7 @@ async fn a_stalled_reader_overflows_its_own_limit_and_frees_the_budget() {
     // Socket buffers take the first megabytes; then the queue fills.
     let started = std::time::Instant::now();
     for _ in 0..4096 {
-        sinks.deliver(id, &chunk).await;
+        deliver(&sinks, id, &chunk).await;
     }
     let paused = started.elapsed();
     // A writer blocked on the stalled client hears of it too.
@@ -155,7 +162,7 @@ async fn a_slow_reader_gets_back_pressure_for_as_long_as_it_reads() {
     let send = async {
         let chunk = vec![7u8; 32 * 1024];
         for _ in 0..TOTAL / chunk.len() {
-            sinks.deliver(9, &chunk).await;
+            deliver(&sinks, 9, &chunk).await;
         }
         sinks.finish(9);
     };
@@ -184,8 +191,8 @@ async fn the_agent_wide_budget_is_shared_by_connections() {
     // Unclaimed: nothing can be written, everything queues.
     sinks.open(a);
     sinks.open(b);
-    sinks.deliver(a, &[0u8; 48 * 1024]).await;
-    sinks.deliver(b, &[0u8; 48 * 1024]).await;
+    deliver(&sinks, a, &[0u8; 48 * 1024]).await;
+    deliver(&sinks, b, &[0u8; 48 * 1024]).await;
     let (client, _peer) = pair().await;
     let claimed = sinks.claim(b, client);
     match claimed.next().await {
@@ -215,12 +222,12 @@ async fn data_for_a_channel_whose_connection_ended_is_dropped() {
     let claimed = sinks.claim(id, client);
     let chunk = vec![0u8; 32 * 1024];
     while buffered.get() == 0 {
-        sinks.deliver(id, &chunk).await;
+        deliver(&sinks, id, &chunk).await;
     }
     drop(claimed);
     assert_eq!(buffered.get(), 0);
     for _ in 0..64 {
-        sinks.deliver(id, &chunk).await;
+        deliver(&sinks, id, &chunk).await;
     }
     assert_eq!(buffered.get(), 0, "late data counted against the budget");
     assert_eq!(sinks.len(), 0, "late data re-created a sink");
@@ -235,7 +242,7 @@ async fn a_claim_released_before_the_confirmation_leaves_nothing_behind() {
     drop(sinks.claim(8u32, client));
     assert_eq!(sinks.len(), 1, "kept until the session confirms it");
     sinks.open(8);
-    sinks.deliver(8, b"late").await;
+    deliver(&sinks, 8, b"late").await;
     assert_eq!(sinks.len(), 0);
     assert_eq!(buffered.get(), 0);
 }
@@ -243,7 +250,7 @@ async fn a_claim_released_before_the_confirmation_leaves_nothing_behind() {
 #[tokio::test]
 async fn data_for_a_channel_never_opened_is_dropped() {
     let (sinks, buffered) = sinks(1 << 20, 1 << 20);
-    sinks.deliver(11u32, b"stray").await;
+    deliver(&sinks, 11u32, b"stray").await;
     assert_eq!((sinks.len(), buffered.get()), (0, 0));
 }
 
@@ -273,7 +280,7 @@ async fn a_burst_of_stalled_readers_costs_the_session_its_allowance_only() {
     let started = std::time::Instant::now();
     for id in 0..8u32 {
         while claims[id as usize].sink.state().overflow.is_none() {
-            sinks.deliver(id, &chunk).await;
+            deliver(&sinks, id, &chunk).await;
         }
     }
     let paused = started.elapsed();
@@ -293,14 +300,14 @@ async fn a_full_total_budget_does_not_cut_a_client_that_keeps_up() {
     let hog = sinks.claim(1, stalled);
     let chunk = vec![0u8; 32 * 1024];
     while hog.sink.state().overflow.is_none() {
-        sinks.deliver(1, &chunk).await;
+        deliver(&sinks, 1, &chunk).await;
     }
     assert!(
         buffered.get() > 64 * 1024,
         "the stalled one holds the budget"
     );
     sinks.open(2u32);
-    sinks.deliver(2, b"a reply before the claim").await;
+    deliver(&sinks, 2, b"a reply before the claim").await;
     let (client, mut peer) = pair().await;
     let claimed = sinks.claim(2, client.clone());
     sinks.finish(2);
@@ -309,4 +316,39 @@ async fn a_full_total_budget_does_not_cut_a_client_that_keeps_up() {
     let mut got = String::new();
     peer.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "a reply before the claim");
+}
+
+#[tokio::test]
+async fn packets_staged_between_flushes_reach_the_client_in_one_write_in_order() {
+    let (sinks, buffered) = sinks(1 << 20, 1 << 20);
+    let id = 4u32;
+    let (client, mut peer) = pair().await;
+    let claimed = sinks.claim(id, client);
+    for part in ["one ", "two ", "three"] {
+        sinks.deliver(id, Bytes::from_static(part.as_bytes())).await;
+    }
+    assert_eq!(buffered.get(), 0, "staged, not queued");
+    let mut got = [0u8; 13];
+    let early = tokio::time::timeout(Duration::from_millis(50), peer.read(&mut got)).await;
+    assert!(early.is_err(), "nothing is written before the flush");
+    sinks.flush_staged();
+    peer.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"one two three");
+    drop(claimed);
+}
+
+#[tokio::test]
+async fn staged_data_is_written_when_the_server_finishes() {
+    let (sinks, _) = sinks(1 << 20, 1 << 20);
+    let id = 5u32;
+    let (client, mut peer) = pair().await;
+    let claimed = sinks.claim(id, client.clone());
+    sinks.deliver(id, Bytes::from_static(b"last words")).await;
+    sinks.finish(id);
+    assert_eq!(claimed.write_queued_to(&client).await, Ok(()));
+    drop(claimed);
+    drop(client);
+    let mut got = String::new();
+    peer.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "last words");
 }
