@@ -20,10 +20,11 @@
 //! - a *slow* reader gets back-pressure: once its queue passes
 //!   [`Limits::pause_above`], the session stops reading until the queue has
 //!   drained to half of that, as often and as long as the transfer lasts,
-//!   provided each drain takes less than [`Limits::pause_budget`] (the other
-//!   connections of the session move at its pace meanwhile: the price of
-//!   russh granting window on receipt);
-//! - a *stalled* reader is one that does not drain within the budget: the
+//!   provided each drain takes less than [`Limits::pause_budget`] or the
+//!   client reads at least something meanwhile (the other connections of
+//!   the session move at its pace meanwhile: the price of russh granting
+//!   window on receipt);
+//! - a *stalled* reader is one that reads nothing within the budget: the
 //!   session waits for it that long once (others wait at most that long, far
 //!   below the keepalive timeout), then no more until it has caught up
 //!   completely; meanwhile its data queues up to [`Limits::per_connection`]
@@ -32,8 +33,15 @@
 //!   [`Limits::stall_allowance`] per [`Limits::stall_window`]: a burst of
 //!   clients that all stop reading (a hundred paused pagers) would otherwise
 //!   hold the session for a budget each, back to back, starving every other
-//!   connection on it. Past the allowance a new stalled reader gets no
-//!   pause; it queues up to its limit and is cut.
+//!   connection on it. Past the allowance a client that has not read
+//!   within the last budget gets no pause; it queues up to its limit and is
+//!   cut. Only waits in which the client read nothing count against the
+//!   allowance, and a client that is reading is still paused past it (in
+//!   waits a quarter of the budget), so stalled readers cannot take
+//!   back-pressure away from readers: a loaded machine makes a reader slow,
+//!   not cut;
+//! - a client that is reading is never cut because stalled ones filled the
+//!   agent-wide budget: it is paused at `pause_above` instead.
 //!
 //! Data can arrive before the connection task learns its channel id (a server
 //! that speaks first); it waits in an unclaimed sink until claimed. A sink
@@ -54,6 +62,10 @@ use bytes::{Buf, Bytes};
 use russh::ChannelId;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
+
+/// When stalled readers have used the session's allowance, a reading client
+/// is still paused, for at most `pause_budget / PROBE_DIVISOR` at a time.
+const PROBE_DIVISOR: u32 = 4;
 
 /// Most bytes staged for one client before they are written without waiting
 /// for the session's next read of the SSH socket: the session's read-ahead
@@ -223,25 +235,38 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             }
             Delivered::Pause(budget) => budget,
         };
-        let budget = budget.min(self.stall_allowance(Duration::ZERO));
-        if budget.is_zero() {
+        let allowance = self.stall_allowance(Duration::ZERO);
+        let budget = if !allowance.is_zero() {
+            budget.min(allowance)
+        } else if sink.state().progressing(&self.limits) {
+            // Stalled readers used up the allowance, but this one is
+            // reading: it still gets back-pressure (else it would be cut
+            // for being slower than sshd), in short waits, so that a burst
+            // of clients that read a little and then stop costs little.
+            budget.min(self.limits.pause_budget / PROBE_DIVISOR)
+        } else {
             return;
-        }
+        };
         // Other clients must not wait for their staged data meanwhile.
         self.flush_staged();
         let started = tokio::time::Instant::now();
+        let written_before = sink.state().written;
         let low = self.limits.pause_above / 2;
         let drained = tokio::time::timeout(budget, sink.drained(low))
             .await
             .is_ok();
         let mut state = sink.state();
-        if drained {
-            // It read half its queue within the budget: slow, not stalled.
-            // It gets the whole budget again next time, however long the
-            // transfer (a download to a slow disk must not be cut off).
+        if drained || state.written > written_before {
+            // It read half its queue within the budget, or at least read:
+            // slow, not stalled. It gets the whole budget again next time,
+            // however long the transfer (a download to a slow disk, or a
+            // reader on a loaded machine, must not be cut off).
             state.pause_budget_used = Duration::ZERO;
         } else {
             state.pause_budget_used += started.elapsed();
+            // Stalled: not a reader again until its socket takes data (so a
+            // client that read a little, then stopped, costs one wait).
+            state.last_written = None;
             drop(state);
             self.stall_allowance(started.elapsed());
         }
@@ -340,7 +365,7 @@ impl<K: Copy + Eq + Hash> Claimed<K> {
                 Next::Write(data) => {
                     // A client that stopped reading never finishes this write.
                     let written = tokio::select! {
-                        written = write_all(client, &data) => written,
+                        written = write_all(client, &data, |n| self.sink.state().took(n)) => written,
                         why = self.overflowed() => return Err(why),
                     };
                     self.written();
@@ -453,6 +478,10 @@ struct SinkState {
     finished: bool,
     overflow: Option<&'static str>,
     pause_budget_used: Duration,
+    /// Bytes the client's socket took, in all.
+    written: u64,
+    /// When the client's socket last took data.
+    last_written: Option<tokio::time::Instant>,
     /// Most bytes ever queued at once.
     high_water: usize,
     /// The session saw the server confirm the channel.
@@ -461,6 +490,23 @@ struct SinkState {
     released: bool,
     /// Where bytes from the server for this connection are counted.
     received: Option<Arc<AtomicU64>>,
+}
+
+impl SinkState {
+    /// The client's socket took `n` bytes.
+    fn took(&mut self, n: usize) {
+        if n > 0 {
+            self.written += n as u64;
+            self.last_written = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// The client read something within the last pause budget: a reader,
+    /// however slow, not a stalled client.
+    fn progressing(&self, limits: &Limits) -> bool {
+        self.last_written
+            .is_some_and(|at| at.elapsed() < limits.pause_budget)
+    }
 }
 
 impl Sink {
@@ -503,14 +549,20 @@ impl Sink {
     /// overflowed (and wake a writer blocked on the client).
     fn enqueue(&self, state: &mut SinkState, data: Bytes, limits: &Limits, total: &Buffered) {
         let n = data.len();
+        // Read once: `try_add` below and the `add` after it must agree.
+        let progressing = state.queued + n > limits.pause_above && state.progressing(limits);
         if state.queued + n > limits.per_connection {
             state.overflow = Some("the client left more than the per-connection buffer unread");
-        } else if state.queued + n > limits.pause_above && !total.try_add(n, limits.total) {
+        } else if state.queued + n > limits.pause_above
+            && !progressing
+            && !total.try_add(n, limits.total)
+        {
             state.overflow = Some("the agent's total buffer for unread data is full");
         } else {
-            if state.queued + n <= limits.pause_above {
-                // A client that keeps up queues little: never cut it because
-                // stalled ones filled the budget (they are cut instead).
+            if state.queued + n <= limits.pause_above || progressing {
+                // A client that keeps up queues little, and one that reads
+                // is paused at `pause_above`: never cut it because stalled
+                // ones filled the budget (they are cut instead).
                 total.add(n);
             }
             state.queued += n;
@@ -552,6 +604,7 @@ impl Sink {
             }
         };
         drop(slices);
+        state.took(written);
         let mut rest = false;
         for mut data in staged {
             if written >= data.len() {
@@ -593,11 +646,20 @@ impl Sink {
     }
 }
 
-async fn write_all(client: &OwnedWriteHalf, mut data: &[u8]) -> std::io::Result<()> {
+/// Write all of `data`, telling `took` of every part the socket takes (a
+/// slow client's progress shows before the whole chunk is written).
+async fn write_all(
+    client: &OwnedWriteHalf,
+    mut data: &[u8],
+    mut took: impl FnMut(usize),
+) -> std::io::Result<()> {
     while !data.is_empty() {
         client.writable().await?;
         match client.try_write(data) {
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                took(n);
+                data = &data[n..];
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }

@@ -352,3 +352,61 @@ async fn staged_data_is_written_when_the_server_finishes() {
     peer.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "last words");
 }
+
+/// Stalled readers used up the session's allowance and filled the
+/// agent-wide budget; then a client that reads, but slower than the server
+/// sends (a loaded machine), downloads: it must be paused, not cut, and get
+/// every byte. This cut a download in `tunnel_churn` ("the agent's total
+/// buffer ... is full", or its own limit with no pause left).
+#[tokio::test]
+async fn a_reader_after_stalled_ones_used_the_allowance_is_paused_not_cut() {
+    let buffered = Arc::new(Buffered::default());
+    let limits = Limits {
+        per_connection: 512 * 1024,
+        total: 128 * 1024,
+        pause_above: 64 * 1024,
+        pause_budget: Duration::from_millis(100),
+        stall_allowance: Duration::from_millis(40),
+        stall_window: Duration::from_secs(60),
+    };
+    let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
+    let chunk = vec![7u8; 32 * 1024];
+    sinks.open(1u32);
+    let (stalled, _never_reads) = pair().await;
+    let hog = sinks.claim(1, stalled);
+    while hog.sink.state().overflow.is_none() {
+        deliver(&sinks, 1, &chunk).await;
+    }
+    assert!(sinks.stall_allowance(Duration::ZERO).is_zero());
+    assert!(buffered.get() > 64 * 1024, "the stalled one holds the budget");
+
+    sinks.open(2u32);
+    let (client, mut peer) = small_buffered_pair().await;
+    let claimed = sinks.claim(2, client.clone());
+    const TOTAL: usize = 4 * 1024 * 1024;
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 8 * 1024];
+        let mut got = 0;
+        while got < TOTAL {
+            let n = peer.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return Err(format!("cut off after {got} bytes"));
+            }
+            got += n;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(got)
+    });
+    let pump = claimed.write_queued_to(&client);
+    let send = async {
+        for _ in 0..TOTAL / chunk.len() {
+            deliver(&sinks, 2, &chunk).await;
+        }
+        sinks.finish(2);
+    };
+    let (pumped, ()) = tokio::join!(pump, send);
+    drop((claimed, client));
+    assert_eq!(pumped, Ok(()), "the reader was cut");
+    assert_eq!(reader.await.unwrap(), Ok(TOTAL));
+    drop(hog);
+}
