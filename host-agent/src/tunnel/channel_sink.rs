@@ -73,9 +73,10 @@ const PROBE_DIVISOR: u32 = 4;
 pub const STAGE_LIMIT: usize = 256 * 1024;
 
 /// Memory bounds for data the server sent that clients have not read yet.
-/// At most `total` plus `pause_above` per connection is queued: queues up
-/// to `pause_above` are always accepted (a client that reads is not cut
-/// because stalled ones filled the total), larger ones only within `total`.
+/// Queues up to `pause_above` are always accepted, and so are larger ones
+/// of a client that read within the last `pause_budget` (it is paused at
+/// `pause_above`, so its queue stays near that); other queues grow only
+/// within `total`. No queue passes `per_connection`.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub per_connection: usize,

@@ -378,7 +378,10 @@ async fn a_reader_after_stalled_ones_used_the_allowance_is_paused_not_cut() {
         deliver(&sinks, 1, &chunk).await;
     }
     assert!(sinks.stall_allowance(Duration::ZERO).is_zero());
-    assert!(buffered.get() > 64 * 1024, "the stalled one holds the budget");
+    assert!(
+        buffered.get() > 64 * 1024,
+        "the stalled one holds the budget"
+    );
 
     sinks.open(2u32);
     let (client, mut peer) = small_buffered_pair().await;
