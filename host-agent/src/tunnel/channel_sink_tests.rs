@@ -30,6 +30,22 @@ async fn small_buffered_pair() -> (Arc<OwnedWriteHalf>, TcpStream) {
     (Arc::new(write), peer)
 }
 
+/// A slow client: reads `total` bytes, 8 KiB at a time with a 1 ms nap
+/// after each (at most 8 MB/s); the error says where it was cut off.
+async fn read_slowly(mut peer: TcpStream, total: usize) -> Result<usize, String> {
+    let mut buf = vec![0u8; 8 * 1024];
+    let mut got = 0;
+    while got < total {
+        match peer.read(&mut buf).await {
+            Ok(0) => return Err(format!("cut off after {got} bytes")),
+            Ok(n) => got += n,
+            Err(e) => return Err(format!("after {got} bytes: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(got)
+}
+
 /// What the session does for each packet: deliver it, then (as it reads
 /// the SSH socket again) write what was staged.
 async fn deliver(sinks: &Sinks<u32>, id: u32, data: &[u8]) {
@@ -137,20 +153,11 @@ async fn a_slow_reader_gets_back_pressure_for_as_long_as_it_reads() {
         stall_window: Duration::from_secs(60),
     };
     let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
-    let (client, mut peer) = small_buffered_pair().await;
+    let (client, peer) = small_buffered_pair().await;
     let claimed = sinks.claim(9u32, client.clone());
     // At most 8 MB/s, for at least 0.5 s: ten times the pause budget.
     const TOTAL: usize = 4 * 1024 * 1024;
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 8 * 1024];
-        let mut got = 0;
-        while got < TOTAL {
-            let n = peer.read(&mut buf).await.unwrap();
-            assert!(n > 0, "cut off after {got} bytes");
-            got += n;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
+    let reader = tokio::spawn(read_slowly(peer, TOTAL));
     let pump = async {
         assert_eq!(
             claimed.write_queued_to(&client).await,
@@ -167,7 +174,7 @@ async fn a_slow_reader_gets_back_pressure_for_as_long_as_it_reads() {
         sinks.finish(9);
     };
     tokio::join!(pump, send);
-    reader.await.unwrap();
+    assert_eq!(reader.await.unwrap(), Ok(TOTAL));
     assert!(
         started.elapsed() > Duration::from_millis(500),
         "the reader, not the budget, set the pace: {:?}",
@@ -384,22 +391,10 @@ async fn a_reader_after_stalled_ones_used_the_allowance_is_paused_not_cut() {
     );
 
     sinks.open(2u32);
-    let (client, mut peer) = small_buffered_pair().await;
+    let (client, peer) = small_buffered_pair().await;
     let claimed = sinks.claim(2, client.clone());
     const TOTAL: usize = 4 * 1024 * 1024;
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 8 * 1024];
-        let mut got = 0;
-        while got < TOTAL {
-            let n = peer.read(&mut buf).await.unwrap();
-            if n == 0 {
-                return Err(format!("cut off after {got} bytes"));
-            }
-            got += n;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok(got)
-    });
+    let reader = tokio::spawn(read_slowly(peer, TOTAL));
     let pump = claimed.write_queued_to(&client);
     let send = async {
         for _ in 0..TOTAL / chunk.len() {
