@@ -21,10 +21,10 @@
 //!   [`Limits::pause_above`], the session stops reading until the queue has
 //!   drained to half of that, as often and as long as the transfer lasts,
 //!   provided each drain takes less than [`Limits::pause_budget`] or the
-//!   client reads at least something meanwhile (the other connections of
+//!   client reads a fair part of its queue meanwhile (the other connections of
 //!   the session move at its pace meanwhile: the price of russh granting
 //!   window on receipt);
-//! - a *stalled* reader is one that reads nothing within the budget: the
+//! - a *stalled* reader is one that reads (next to) nothing within the budget: the
 //!   session waits for it that long once (others wait at most that long, far
 //!   below the keepalive timeout), then no more until it has caught up
 //!   completely; meanwhile its data queues up to [`Limits::per_connection`]
@@ -35,8 +35,8 @@
 //!   hold the session for a budget each, back to back, starving every other
 //!   connection on it. Past the allowance a client that has not read
 //!   within the last budget gets no pause; it queues up to its limit and is
-//!   cut. Only waits in which the client read nothing count against the
-//!   allowance, and a client that is reading is still paused past it (in
+//!   cut. Only waits in which the client read (next to) nothing count
+//!   against the allowance (a trickle counts as stalled), and a client that is reading is still paused past it (in
 //!   waits a quarter of the budget), so stalled readers cannot take
 //!   back-pressure away from readers: a loaded machine makes a reader slow,
 //!   not cut;
@@ -66,6 +66,10 @@ use tokio::sync::Notify;
 /// When stalled readers have used the session's allowance, a reading client
 /// is still paused, for at most `pause_budget / PROBE_DIVISOR` at a time.
 const PROBE_DIVISOR: u32 = 4;
+
+/// A wait in which the client read at least `pause_above / MIN_PROGRESS_DIVISOR`
+/// (128 KiB with the defaults) shows a reader, not a stalled client.
+const MIN_PROGRESS_DIVISOR: usize = 8;
 
 /// Most bytes staged for one client before they are written without waiting
 /// for the session's next read of the SSH socket: the session's read-ahead
@@ -257,11 +261,14 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             .await
             .is_ok();
         let mut state = sink.state();
-        if drained || state.written > written_before {
-            // It read half its queue within the budget, or at least read:
-            // slow, not stalled. It gets the whole budget again next time,
-            // however long the transfer (a download to a slow disk, or a
-            // reader on a loaded machine, must not be cut off).
+        let min_progress = (self.limits.pause_above / MIN_PROGRESS_DIVISOR) as u64;
+        if drained || state.written >= written_before + min_progress {
+            // It read half its queue within the budget, or at least a
+            // fair part of it: slow, not stalled. It gets the whole budget
+            // again next time, however long the transfer (a download to a
+            // slow disk, or a reader on a loaded machine, must not be cut
+            // off). A trickle (a byte now and then) does not count: it
+            // would hold the session at its pace for ever.
             state.pause_budget_used = Duration::ZERO;
         } else {
             state.pause_budget_used += started.elapsed();
@@ -502,11 +509,14 @@ impl SinkState {
         }
     }
 
-    /// The client read something within the last pause budget: a reader,
-    /// however slow, not a stalled client.
+    /// The client read within the last pause budget and no wait for it has
+    /// failed since it last caught up: a reader, however slow, not a
+    /// stalled client or a trickle.
     fn progressing(&self, limits: &Limits) -> bool {
-        self.last_written
-            .is_some_and(|at| at.elapsed() < limits.pause_budget)
+        self.pause_budget_used.is_zero()
+            && self
+                .last_written
+                .is_some_and(|at| at.elapsed() < limits.pause_budget)
     }
 }
 

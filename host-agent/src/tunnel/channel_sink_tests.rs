@@ -408,3 +408,48 @@ async fn a_reader_after_stalled_ones_used_the_allowance_is_paused_not_cut() {
     assert_eq!(reader.await.unwrap(), Ok(TOTAL));
     drop(hog);
 }
+
+/// A client that reads 4 KiB every 10 ms (at most 400 KiB/s: less than the
+/// eighth of `pause_above` per wait that shows a reader) is a trickle, not
+/// a slow reader: it must not hold the session at its pace (3 MiB would
+/// take over 7 s); it is waited for about once and then cut.
+#[tokio::test]
+async fn a_trickling_reader_costs_the_session_one_budget_and_is_cut() {
+    let limits = Limits {
+        per_connection: 2 * 1024 * 1024,
+        total: 1 << 30,
+        pause_above: 1024 * 1024,
+        pause_budget: Duration::from_millis(200),
+        stall_allowance: Duration::from_secs(60),
+        stall_window: Duration::from_secs(60),
+    };
+    let sinks = Arc::new(Sinks::new(limits, Arc::new(Buffered::default())));
+    let (client, mut peer) = small_buffered_pair().await;
+    let claimed = sinks.claim(4u32, client.clone());
+    let trickle = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while peer.read(&mut buf).await.is_ok_and(|n| n > 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let chunk = vec![0u8; 32 * 1024];
+    let started = std::time::Instant::now();
+    let send = async {
+        for _ in 0..3 * 32 {
+            deliver(&sinks, 4, &chunk).await;
+        }
+        sinks.finish(4);
+    };
+    let (pumped, ()) = tokio::join!(claimed.write_queued_to(&client), send);
+    let paused = started.elapsed();
+    assert!(
+        matches!(pumped, Err(why) if why.contains("per-connection")),
+        "{pumped:?} after {paused:?}"
+    );
+    assert!(
+        paused < Duration::from_secs(1),
+        "a 200 ms budget: the session waited {paused:?} for a trickle"
+    );
+    drop((claimed, client));
+    trickle.abort();
+}
