@@ -272,8 +272,9 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             state.pause_budget_used = Duration::ZERO;
         } else {
             state.pause_budget_used += started.elapsed();
-            // Stalled: not a reader again until its socket takes data (so a
-            // client that read a little, then stopped, costs one wait).
+            // Stalled: not `progressing` again until it catches up, or
+            // reads a fair part in a later wait (so a client that read a
+            // little, then stopped, costs one wait past the allowance).
             state.last_written = None;
             drop(state);
             self.stall_allowance(started.elapsed());
