@@ -21,13 +21,13 @@
 //!   [`Limits::pause_above`], the session stops reading until the queue has
 //!   drained to half of that, as often and as long as the transfer lasts,
 //!   provided each drain takes less than [`Limits::pause_budget`] or the
-//!   client reads a fair part of its queue meanwhile (the other connections of
-//!   the session move at its pace meanwhile: the price of russh granting
+//!   client reads a fair part of its queue meanwhile (the other connections
+//!   of the session move at its pace meanwhile: the price of russh granting
 //!   window on receipt);
-//! - a *stalled* reader is one that reads (next to) nothing within the budget: the
-//!   session waits for it that long once (others wait at most that long, far
-//!   below the keepalive timeout), then no more until it has caught up
-//!   completely; meanwhile its data queues up to [`Limits::per_connection`]
+//! - a *stalled* reader is one that reads (next to) nothing within the
+//!   budget: the session waits for it that long once (others wait at most
+//!   that long, far below the keepalive timeout), then no more until it has
+//!   caught up completely; meanwhile its data queues up to [`Limits::per_connection`]
 //!   and then it is disconnected, instead of stalling or bloating the rest;
 //! - the session as a whole waits for stalled readers at most
 //!   [`Limits::stall_allowance`] per [`Limits::stall_window`]: a burst of
@@ -36,10 +36,10 @@
 //!   connection on it. Past the allowance a client that has not read
 //!   within the last budget gets no pause; it queues up to its limit and is
 //!   cut. Only waits in which the client read (next to) nothing count
-//!   against the allowance (a trickle counts as stalled), and a client that is reading is still paused past it (in
-//!   waits a quarter of the budget), so stalled readers cannot take
-//!   back-pressure away from readers: a loaded machine makes a reader slow,
-//!   not cut;
+//!   against the allowance (a trickle counts as stalled), and a client that
+//!   is reading is still paused past it (in waits a quarter of the budget),
+//!   so stalled readers cannot take back-pressure away from readers: a
+//!   loaded machine makes a reader slow, not cut;
 //! - a client that is reading is never cut because stalled ones filled the
 //!   agent-wide budget: it is paused at `pause_above` instead.
 //!
@@ -271,11 +271,11 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             // would hold the session at its pace for ever.
             state.pause_budget_used = Duration::ZERO;
         } else {
+            // Stalled: with budget used, not `progressing` again until it
+            // catches up, or reads a fair part in a later wait (so a client
+            // that read a little, then stopped, costs one wait past the
+            // allowance).
             state.pause_budget_used += started.elapsed();
-            // Stalled: not `progressing` again until it catches up, or
-            // reads a fair part in a later wait (so a client that read a
-            // little, then stopped, costs one wait past the allowance).
-            state.last_written = None;
             drop(state);
             self.stall_allowance(started.elapsed());
         }
