@@ -1,6 +1,7 @@
 //! One client that stops reading must not stall the others nor the session's
-//! keepalives; one that reads slowly is slowed down, not cut off; 200
-//! concurrent connections all get through.
+//! keepalives; one that reads slowly is slowed down, not cut off; one that
+//! half-closes still gets the answer; 200 concurrent connections all get
+//! through.
 
 mod tunnel_support;
 
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
 use tunnel_support::{
-    Agent, config_for, echo_agent, echo_once, echo_server, listen_port, source_server, wait_echo,
+    Agent, answer_after_eof_server, config_for, echo_agent, echo_once, echo_server, listen_port,
+    source_server, wait_echo,
 };
 
 #[test]
@@ -150,4 +152,36 @@ fn two_hundred_concurrent_connections() {
         })
         .collect();
     assert!(failures.is_empty(), "{failures:?}\n{}", agent.log());
+}
+
+/// The client sends its request and shuts its write side; the server
+/// answers only after that EOF. The EOF must reach the server as
+/// CHANNEL_EOF while the connection stays open for the answer: ending the
+/// connection when the client's side ends would lose it.
+#[test]
+fn half_closed_client_still_gets_the_answer() {
+    let sshd = Sshd::start().unwrap();
+    let server = answer_after_eof_server();
+    let echo = echo_server();
+    let (port, echo_port) = (listen_port(), listen_port());
+    let agent = Agent::start(&config_for(
+        &sshd,
+        &[
+            ("answer", port, format!("127.0.0.1:{server}")),
+            ("echo", echo_port, format!("127.0.0.1:{echo}")),
+        ],
+        "",
+    ));
+    wait_echo(&agent, echo_port, Duration::from_secs(20));
+
+    let request: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&request).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .unwrap_or_else(|e| panic!("reading the answer: {e}\n{}", agent.log()));
+    assert_eq!(answer.len(), request.len(), "{}", agent.log());
+    assert!(answer == request, "the answer differs from what was sent");
 }

@@ -162,6 +162,18 @@ pub fn echo_server() -> u16 {
     })
 }
 
+/// A loopback server that answers only after the client's EOF: it reads
+/// everything, then sends it all back and closes (a request ended by
+/// half-closing, as `nc -N` or an HTTP/1.0 client sends it).
+pub fn answer_after_eof_server() -> u16 {
+    serve(|mut s| {
+        let mut all = Vec::new();
+        if s.read_to_end(&mut all).is_ok() {
+            let _ = s.write_all(&all);
+        }
+    })
+}
+
 /// A loopback server that sends `bytes` (or forever when None) to each client.
 pub fn source_server(bytes: Option<u64>) -> u16 {
     serve(move |mut s| {

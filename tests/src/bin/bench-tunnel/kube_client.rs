@@ -1,7 +1,8 @@
 //! The user-level figure: `GET /version` from a real Kubernetes client
 //! (kube-rs, as the controller and any Rust tool use it; kubectl's Go client
 //! does the same TLS + HTTP/2 exchange) to a real kube-apiserver, through a
-//! tunnel's loopback port.
+//! tunnel's loopback port. Both tunnels are measured in turns, one request
+//! each (`turns` in main.rs).
 
 use std::time::Instant;
 
@@ -21,34 +22,50 @@ pub async fn config_through(
     Ok(config)
 }
 
-/// `requests` sequential GET /version over one kept-alive connection (opened
-/// by a request that is not counted), in milliseconds each.
-pub async fn keep_alive(config: &kube::Config, requests: usize) -> anyhow::Result<Vec<f64>> {
-    let client = kube::Client::try_from(config.clone())?;
-    client
-        .apiserver_version()
-        .await
-        .context("first GET /version")?;
-    let mut ms = Vec::with_capacity(requests);
-    for _ in 0..requests {
-        let t = Instant::now();
-        client.apiserver_version().await?;
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+/// `requests` sequential GET /version per config, each over that config's
+/// one kept-alive connection (opened by a request that is not counted), in
+/// milliseconds each.
+pub async fn keep_alive(
+    configs: &[kube::Config; 2],
+    requests: usize,
+) -> anyhow::Result<[Vec<f64>; 2]> {
+    let clients = [
+        kube::Client::try_from(configs[0].clone())?,
+        kube::Client::try_from(configs[1].clone())?,
+    ];
+    for client in &clients {
+        client
+            .apiserver_version()
+            .await
+            .context("first GET /version")?;
+    }
+    let mut ms = [Vec::with_capacity(requests), Vec::with_capacity(requests)];
+    for k in 0..requests {
+        for i in crate::turns(k) {
+            let t = Instant::now();
+            clients[i].apiserver_version().await?;
+            ms[i].push(t.elapsed().as_secs_f64() * 1000.0);
+        }
     }
     Ok(ms)
 }
 
-/// `requests` GET /version, each from a new client and so over a new
-/// connection (TCP connect, TLS handshake, HTTP/2 set-up, request), in
+/// `requests` GET /version per config, each from a new client and so over a
+/// new connection (TCP connect, TLS handshake, HTTP/2 set-up, request), in
 /// milliseconds each. The client is built before the clock starts (it
 /// connects lazily, on the request).
-pub async fn new_connections(config: &kube::Config, requests: usize) -> anyhow::Result<Vec<f64>> {
-    let mut ms = Vec::with_capacity(requests);
-    for _ in 0..requests {
-        let client = kube::Client::try_from(config.clone())?;
-        let t = Instant::now();
-        client.apiserver_version().await?;
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+pub async fn new_connections(
+    configs: &[kube::Config; 2],
+    requests: usize,
+) -> anyhow::Result<[Vec<f64>; 2]> {
+    let mut ms = [Vec::with_capacity(requests), Vec::with_capacity(requests)];
+    for k in 0..requests {
+        for i in crate::turns(k) {
+            let client = kube::Client::try_from(configs[i].clone())?;
+            let t = Instant::now();
+            client.apiserver_version().await?;
+            ms[i].push(t.elapsed().as_secs_f64() * 1000.0);
+        }
     }
     Ok(ms)
 }

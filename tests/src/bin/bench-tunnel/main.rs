@@ -36,8 +36,11 @@ const THROUGHPUT_SECS: u64 = 4;
 const ROUNDS: usize = 5;
 const NEW_CONN_SAMPLES: usize = 500;
 const RTT_SAMPLES: usize = 3000;
-/// Kubernetes-client requests per tunnel and mode, spread over the rounds.
-const KUBE_REQUESTS: usize = 1000;
+/// Kubernetes-client requests per tunnel, spread over the rounds: over one
+/// kept-alive connection (enough samples for a p99 that is not one or two
+/// outliers), and each over a new connection (4-5 ms each).
+const KUBE_KEEP_ALIVE_REQUESTS: usize = 5000;
+const KUBE_NEW_CONNECTIONS: usize = 1000;
 
 pub struct Guard(pub Child);
 impl Drop for Guard {
@@ -98,11 +101,10 @@ struct Round {
     iperf_1: Transfer,
     iperf_4: Transfer,
     upload_gbit_1: f64,
-    new_p50: f64,
-    new_p99: f64,
-    rtt_p50: f64,
-    rtt_p99: f64,
     rss_load: f64,
+    /// Latency samples in ms, taken interleaved with the other tunnel's.
+    new_conn: Vec<f64>,
+    round_trip: Vec<f64>,
     kube_keep_alive: Vec<f64>,
     kube_new: Vec<f64>,
 }
@@ -114,10 +116,9 @@ struct Summary {
     iperf_1: Transfer,
     iperf_4: Transfer,
     upload_gbit_1: f64,
-    new_p50: f64,
-    new_p99: f64,
-    rtt_p50: f64,
-    rtt_p99: f64,
+    /// p50 and p99, ms, over all rounds' samples.
+    new_conn: (f64, f64),
+    round_trip: (f64, f64),
     rss_idle: f64,
     rss_load: f64,
     kube_keep_alive: (f64, f64),
@@ -137,10 +138,8 @@ impl Summary {
             iperf_1: t(|r| r.iperf_1),
             iperf_4: t(|r| r.iperf_4),
             upload_gbit_1: median(rounds.iter().map(|r| r.upload_gbit_1)),
-            new_p50: median(rounds.iter().map(|r| r.new_p50)),
-            new_p99: median(rounds.iter().map(|r| r.new_p99)),
-            rtt_p50: median(rounds.iter().map(|r| r.rtt_p50)),
-            rtt_p99: median(rounds.iter().map(|r| r.rtt_p99)),
+            new_conn: all(|r| &r.new_conn),
+            round_trip: all(|r| &r.round_trip),
             rss_idle,
             rss_load: rounds.iter().map(|r| r.rss_load).fold(0.0, f64::max),
             kube_keep_alive: all(|r| &r.kube_keep_alive),
@@ -156,7 +155,8 @@ struct Bench {
     iperf: iperf::Server,
     runtime: tokio::runtime::Runtime,
     kubeconfig: PathBuf,
-    kube_per_round: usize,
+    /// Kubernetes-client requests per tunnel and round: kept alive, new.
+    kube_per_round: (usize, usize),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -186,6 +186,22 @@ fn main() -> anyhow::Result<()> {
         wait_echo(tunnel.ports.echo, Duration::from_secs(30))
             .with_context(|| format!("{} never came up", tunnel.label))?;
     }
+    // BENCH_HOLD: both tunnels up, for probing by hand (strace, perf), until
+    // a line (or EOF) on stdin.
+    if std::env::var_os("BENCH_HOLD").is_some() {
+        for t in [&agent, &ssh] {
+            let p = t.ports;
+            println!(
+                "{}: pid {}, echo 127.0.0.1:{}, kube 127.0.0.1:{}",
+                t.label,
+                t.proc.0.id(),
+                p.echo,
+                p.kube
+            );
+        }
+        std::io::stdin().read_line(&mut String::new())?;
+        return Ok(());
+    }
     if let Some(dir) = std::env::var_os("BENCH_PROFILE") {
         return profile(&[&agent, &ssh], &PathBuf::from(dir));
     }
@@ -203,20 +219,39 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?,
         kubeconfig: plane.kubeconfig().to_path_buf(),
-        kube_per_round: KUBE_REQUESTS.div_ceil(rounds),
+        kube_per_round: (
+            KUBE_KEEP_ALIVE_REQUESTS.div_ceil(rounds),
+            KUBE_NEW_CONNECTIONS.div_ceil(rounds),
+        ),
     };
+    // BENCH_LATENCY_ONLY: only new connections, round trips and the
+    // Kubernetes client (a minute, for work on the connect path).
+    let latency_only = std::env::var_os("BENCH_LATENCY_ONLY").is_some();
     // The machine is shared: alternate agent and ssh within each round and
     // keep the median of the rounds, so background load hits both alike.
+    // Latency samples alternate one by one.
     let mut samples: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     let mut load = Vec::new();
     for round in 0..rounds {
         load.push(loadavg());
-        for (i, tunnel) in [&agent, &ssh].into_iter().enumerate() {
-            eprintln!("round {}/{rounds}: {}", round + 1, tunnel.label);
-            samples[i].push(measure(tunnel, &bench)?);
+        let mut pair = [Round::default(), Round::default()];
+        if !latency_only {
+            for (i, tunnel) in [&agent, &ssh].into_iter().enumerate() {
+                eprintln!("round {}/{rounds}: {}", round + 1, tunnel.label);
+                pair[i] = measure(tunnel, &bench)?;
+            }
+        }
+        eprintln!("round {}/{rounds}: latency, interleaved", round + 1);
+        measure_latency([&agent, &ssh], &bench, &mut pair)?;
+        for (i, r) in pair.into_iter().enumerate() {
+            samples[i].push(r);
         }
     }
     load.push(loadavg());
+    if latency_only {
+        print_latency(&[&agent, &ssh], &samples, rounds, &load);
+        return Ok(());
+    }
     let mut rows: Vec<Summary> = samples
         .iter()
         .zip(idle)
@@ -251,6 +286,55 @@ fn main() -> anyhow::Result<()> {
     print_soak(&agent_bin, &sshd, &work)
 }
 
+/// The latency table alone, with each round's figures so the spread
+/// between rounds shows beside the medians.
+fn print_latency(
+    tunnels: &[&Tunnel; 2],
+    samples: &[Vec<Round>; 2],
+    rounds: usize,
+    load: &[String],
+) {
+    println!("latency only, {rounds} alternating rounds");
+    println!(
+        "load average at the start of each round and at the end: {}\n",
+        load.join(" | ")
+    );
+    println!(
+        "| | new conn+echo p50 / p99 ms | round trip p50 / p99 ms | kube keep-alive p50 / p99 ms | kube new connection p50 / p99 ms | new conn p50 per round |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut p50s = [0.0; 2];
+    let mut kube = [(0.0, 0.0); 2];
+    for (i, (t, rounds)) in tunnels.iter().zip(samples).enumerate() {
+        let s = Summary::of(rounds, 0.0);
+        p50s[i] = s.new_conn.0;
+        kube[i] = s.kube_keep_alive;
+        let per_round: Vec<String> = rounds
+            .iter()
+            .map(|r| format!("{:.3}", percentiles(r.new_conn.clone()).0))
+            .collect();
+        println!(
+            "| {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} | {} |",
+            t.label,
+            s.new_conn.0,
+            s.new_conn.1,
+            s.round_trip.0,
+            s.round_trip.1,
+            s.kube_keep_alive.0,
+            s.kube_keep_alive.1,
+            s.kube_new.0,
+            s.kube_new.1,
+            per_round.join(" "),
+        );
+    }
+    println!(
+        "\nagent / ssh: new conn p50 {:.2}x, kube keep-alive p50 {:.2}x, p99 {:.2}x",
+        p50s[0] / p50s[1],
+        kube[0].0 / kube[1].0,
+        kube[0].1 / kube[1].1,
+    );
+}
+
 fn print_tables(
     tunnels: &[&Tunnel; 2],
     rows: &[Summary],
@@ -276,10 +360,10 @@ fn print_tables(
             r.tool_4.gbit,
             r.iperf_4.gbit,
             r.upload_gbit_1,
-            r.new_p50,
-            r.new_p99,
-            r.rtt_p50,
-            r.rtt_p99,
+            r.new_conn.0,
+            r.new_conn.1,
+            r.round_trip.0,
+            r.round_trip.1,
             r.rss_idle,
             r.rss_load,
             r.recovery
@@ -316,8 +400,9 @@ fn print_tables(
         }
     }
     println!(
-        "\nKubernetes client (kube-rs) GET /version through each tunnel, {} requests per tunnel and mode:\n",
-        bench.kube_per_round * rounds
+        "\nKubernetes client (kube-rs) GET /version through each tunnel, in turns: {} requests per tunnel over one kept-alive connection, {} over new connections:\n",
+        bench.kube_per_round.0 * rounds,
+        bench.kube_per_round.1 * rounds,
     );
     println!("| | one kept-alive connection p50 / p99 ms | new connection each p50 / p99 ms |");
     println!("|---|---|---|");
@@ -370,7 +455,7 @@ fn print_tables(
     println!(
         "\nupload {:.2}x, new conn+echo p50 {:.2}x, kube keep-alive p50 / p99 {:.2}x / {:.2}x, kube new connection p50 / p99 {:.2}x / {:.2}x",
         ratio(a.upload_gbit_1, s.upload_gbit_1),
-        ratio(a.new_p50, s.new_p50),
+        ratio(a.new_conn.0, s.new_conn.0),
         ratio(a.kube_keep_alive.0, s.kube_keep_alive.0),
         ratio(a.kube_keep_alive.1, s.kube_keep_alive.1),
         ratio(a.kube_new.0, s.kube_new.0),
@@ -405,10 +490,59 @@ fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> 
             out.display()
         );
     }
+    // The connect path: a profile and the syscalls of CONNECT_PROFILE_SAMPLES
+    // new connections with one echo each.
+    for (tunnel, name) in tunnels.iter().zip(["agent", "ssh"]) {
+        let pid = tunnel.proc.0.id().to_string();
+        let out = dir.join(format!("{name}.connect.perf.data"));
+        let mut perf = Guard(
+            Command::new("perf")
+                .args(["record", "--call-graph", "dwarf,16384", "-F", "4999", "-o"])
+                .arg(&out)
+                .args(["-p", &pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("perf record")?,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let (p50, _) = new_connection_latency_n(tunnel.ports.echo, CONNECT_PROFILE_SAMPLES)?;
+        stop_gracefully(&mut perf.0)?;
+        let trace = dir.join(format!("{name}.connect.strace"));
+        let mut strace = Guard(
+            Command::new("strace")
+                .args(["-f", "-c", "-o"])
+                .arg(&trace)
+                .args(["-p", &pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("strace (scripts/deps strace installs it)")?,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        new_connection_latency_n(tunnel.ports.echo, CONNECT_PROFILE_SAMPLES)?;
+        stop_gracefully(&mut strace.0)?;
+        println!(
+            "{}: new conn p50 {p50:.3} ms while recorded to {}; syscalls of {CONNECT_PROFILE_SAMPLES} connections in {}",
+            tunnel.label,
+            out.display(),
+            trace.display()
+        );
+    }
     println!(
         "\nread with: perf report -i <file> --no-children --sort symbol --stdio -g none \
          (or --children for inclusive figures)"
     );
+    Ok(())
+}
+
+const CONNECT_PROFILE_SAMPLES: usize = 2000;
+
+/// SIGINT, so perf and strace write what they recorded, then wait.
+fn stop_gracefully(child: &mut Child) -> anyhow::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
+    child.wait()?;
     Ok(())
 }
 
@@ -521,17 +655,67 @@ fn measure(tunnel: &Tunnel, bench: &Bench) -> anyhow::Result<Round> {
     };
     round.iperf_1 = charged(with_iperf, || iperf::download(tunnel.ports.iperf, 1))?;
     round.iperf_4 = charged(with_iperf, || iperf::download(tunnel.ports.iperf, 4))?;
-    (round.new_p50, round.new_p99) = new_connection_latency(tunnel.ports.echo)?;
-    (round.rtt_p50, round.rtt_p99) = round_trip_latency(tunnel.ports.echo)?;
-    let n = bench.kube_per_round;
-    (round.kube_keep_alive, round.kube_new) = bench.runtime.block_on(async {
-        let config = kube_client::config_through(&bench.kubeconfig, tunnel.ports.kube).await?;
-        anyhow::Ok((
-            kube_client::keep_alive(&config, n).await?,
-            kube_client::new_connections(&config, n).await?,
-        ))
-    })?;
     Ok(round)
+}
+
+/// The latency part of a round, through both tunnels at once, one sample
+/// each in turn (`interleaved`): new connections, round trips, and the
+/// Kubernetes client. A moment of load on the shared machine then falls on
+/// both alike instead of on whichever tunnel was being measured.
+fn measure_latency(
+    tunnels: [&Tunnel; 2],
+    bench: &Bench,
+    rounds: &mut [Round; 2],
+) -> anyhow::Result<()> {
+    let ports = tunnels.map(|t| t.ports);
+    let [a, b] = interleaved(NEW_CONN_SAMPLES, |i| timed(|| echo_once(ports[i].echo)))?;
+    (rounds[0].new_conn, rounds[1].new_conn) = (a, b);
+    let mut held = [held_echo(ports[0].echo)?, held_echo(ports[1].echo)?];
+    let [a, b] = interleaved(RTT_SAMPLES, |i| timed(|| round_trip(&mut held[i])))?;
+    (rounds[0].round_trip, rounds[1].round_trip) = (a, b);
+    let (kept, new) = bench.kube_per_round;
+    let [(a_keep, a_new), (b_keep, b_new)] = bench.runtime.block_on(async {
+        let configs = [
+            kube_client::config_through(&bench.kubeconfig, ports[0].kube).await?,
+            kube_client::config_through(&bench.kubeconfig, ports[1].kube).await?,
+        ];
+        let keep_alive = kube_client::keep_alive(&configs, kept).await?;
+        let new = kube_client::new_connections(&configs, new).await?;
+        anyhow::Ok([
+            (keep_alive[0].clone(), new[0].clone()),
+            (keep_alive[1].clone(), new[1].clone()),
+        ])
+    })?;
+    (rounds[0].kube_keep_alive, rounds[0].kube_new) = (a_keep, a_new);
+    (rounds[1].kube_keep_alive, rounds[1].kube_new) = (b_keep, b_new);
+    Ok(())
+}
+
+/// Which tunnel goes first in the `k`th pair of samples: 0, 1, then 1, 0,
+/// and so on, so that neither always goes first.
+fn turns(k: usize) -> [usize; 2] {
+    [k % 2, 1 - k % 2]
+}
+
+/// `n` samples from each of two tunnels, taken in `turns`.
+fn interleaved(
+    n: usize,
+    mut sample: impl FnMut(usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<[Vec<f64>; 2]> {
+    let mut out = [Vec::with_capacity(n), Vec::with_capacity(n)];
+    for k in 0..n {
+        for i in turns(k) {
+            out[i].push(sample(i)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Milliseconds `f` took.
+fn timed(f: impl FnOnce() -> std::io::Result<()>) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Run a transfer (returning Gbit/s and the bytes it delivered) and charge
@@ -746,9 +930,9 @@ fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-fn new_connection_latency(port: u16) -> anyhow::Result<(f64, f64)> {
+fn new_connection_latency_n(port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
     let mut samples = Vec::new();
-    for _ in 0..NEW_CONN_SAMPLES {
+    for _ in 0..n {
         let t = Instant::now();
         echo_once(port)?;
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -756,18 +940,19 @@ fn new_connection_latency(port: u16) -> anyhow::Result<(f64, f64)> {
     Ok(percentiles(samples))
 }
 
-fn round_trip_latency(port: u16) -> anyhow::Result<(f64, f64)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+/// A connection to an echo forward, kept open for `round_trip`.
+fn held_echo(port: u16) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// 64 bytes to the echo server and back.
+fn round_trip(s: &mut TcpStream) -> std::io::Result<()> {
     let mut back = [0u8; 64];
-    let mut samples = Vec::new();
-    for _ in 0..RTT_SAMPLES {
-        let t = Instant::now();
-        s.write_all(&[7u8; 64])?;
-        s.read_exact(&mut back)?;
-        samples.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    Ok(percentiles(samples))
+    s.write_all(&[7u8; 64])?;
+    s.read_exact(&mut back)
 }
 
 fn rss_mib(pid: u32) -> f64 {
