@@ -59,13 +59,13 @@ pub async fn forward(
     let (from_server, to_server) = channel.split();
     drop(from_server);
     // From here on, leaving this function in any way closes the channel.
-    let to_server = CloseOnDrop(Arc::new(to_server));
+    let to_server = CloseOnDrop::new(to_server);
 
     // Both directions are polled by this one task: a second task per
-    // connection cost a wake-up and often a hop to another worker thread on
-    // the connect path (the client's first bytes wait for it), measured as
-    // 4-5% of new-connection latency (BENCHMARKS.md).
-    let upstream = client_to_server(client_read, to_server.0.clone(), counters.clone());
+    // connection was one more wake-up on the connect path (the client's
+    // first bytes waited for it to be scheduled, at times on another
+    // worker thread).
+    let upstream = client_to_server(client_read, to_server.half.clone(), counters.clone());
     tokio::pin!(upstream);
     let mut upstream_ended = false;
     let outcome = {
@@ -100,22 +100,46 @@ pub async fn forward(
         }
         Ok(()) => {}
     }
-    drop(to_server);
+    to_server.close().await;
 }
 
 /// Sends CHANNEL_CLOSE when dropped. russh's split write half has no
 /// close-on-drop: without this, a connection task that ends early (a
 /// stalled client cut off, an abort) left the channel open at the server,
 /// which kept its connection to the target and kept sending.
-struct CloseOnDrop(Arc<ChannelWriteHalf<Msg>>);
+struct CloseOnDrop {
+    half: Arc<ChannelWriteHalf<Msg>>,
+    /// Cleared by `close`, which has sent CHANNEL_CLOSE itself.
+    armed: bool,
+}
+
+impl CloseOnDrop {
+    fn new(half: ChannelWriteHalf<Msg>) -> CloseOnDrop {
+        CloseOnDrop {
+            half: Arc::new(half),
+            armed: true,
+        }
+    }
+
+    /// Close from the connection's own task: the usual end, without the
+    /// extra task that closing from `drop` needs.
+    async fn close(mut self) {
+        // A channel the server closed already is forgotten by russh, which
+        // then sends nothing.
+        let _ = self.half.close().await;
+        // Not before: a task dropped during the send still closes on drop.
+        self.armed = false;
+    }
+}
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        let half = self.0.clone();
+        if !self.armed {
+            return;
+        }
+        let half = self.half.clone();
         // No runtime: the process is exiting, and the socket with it.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // A channel the server closed already is forgotten by russh,
-            // which then sends nothing.
             runtime.spawn(async move {
                 let _ = half.close().await;
             });
