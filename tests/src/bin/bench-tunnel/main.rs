@@ -192,10 +192,12 @@ fn main() -> anyhow::Result<()> {
         for t in [&agent, &ssh] {
             let p = t.ports;
             println!(
-                "{}: pid {}, echo 127.0.0.1:{}, kube 127.0.0.1:{}",
+                "{}: pid {}, echo 127.0.0.1:{}, source {}, iperf3 {}, kube {}",
                 t.label,
                 t.proc.0.id(),
                 p.echo,
+                p.source,
+                p.iperf,
                 p.kube
             );
         }
