@@ -227,7 +227,7 @@ fn main() -> anyhow::Result<()> {
         ),
     };
     // BENCH_LATENCY_ONLY: only new connections, round trips and the
-    // Kubernetes client (a minute, for work on the connect path).
+    // Kubernetes client (1-2 minutes, for work on the connect path).
     let latency_only = std::env::var_os("BENCH_LATENCY_ONLY").is_some();
     // The machine is shared: alternate agent and ssh within each round and
     // keep the median of the rounds, so background load hits both alike.
@@ -468,22 +468,19 @@ fn print_tables(
 /// BENCH_PROFILE=<dir>: a 1-stream download through each tunnel in turn
 /// (the bench's own reader) under `perf record -g` (DWARF call graphs) of the
 /// tunnel client; writes `<dir>/<agent|ssh>.perf.data` and prints how to
-/// read them.
+/// read them. Then the same for new connections, and their syscalls.
 fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
+    let sleep_secs = (THROUGHPUT_SECS + 1).to_string();
     for (tunnel, name) in tunnels.iter().zip(["agent", "ssh"]) {
         let out = dir.join(format!("{name}.perf.data"));
-        let mut perf = Guard(
-            Command::new("perf")
-                .args(["record", "--call-graph", "dwarf,16384", "-F", "999", "-o"])
-                .arg(&out)
-                .args(["-p", &tunnel.proc.0.id().to_string()])
-                .args(["--", "sleep", &(THROUGHPUT_SECS + 1).to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("perf record (scripts/deps perf installs it)")?,
-        );
+        let mut perf = attach(
+            "perf",
+            &["record", "--call-graph", "dwarf,16384", "-F", "999"],
+            &out,
+            tunnel,
+            &["--", "sleep", &sleep_secs],
+        )?;
         let (gbit, _) = throughput(tunnel.ports.source, 1)?;
         perf.0.wait()?;
         println!(
@@ -495,34 +492,22 @@ fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> 
     // The connect path: a profile and the syscalls of CONNECT_PROFILE_SAMPLES
     // new connections with one echo each.
     for (tunnel, name) in tunnels.iter().zip(["agent", "ssh"]) {
-        let pid = tunnel.proc.0.id().to_string();
         let out = dir.join(format!("{name}.connect.perf.data"));
-        let mut perf = Guard(
-            Command::new("perf")
-                .args(["record", "--call-graph", "dwarf,16384", "-F", "4999", "-o"])
-                .arg(&out)
-                .args(["-p", &pid])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("perf record")?,
-        );
+        let mut perf = attach(
+            "perf",
+            &["record", "--call-graph", "dwarf,16384", "-F", "4999"],
+            &out,
+            tunnel,
+            &[],
+        )?;
+        // Let the tracer attach before the first connection.
         std::thread::sleep(Duration::from_millis(500));
-        let (p50, _) = new_connection_latency_n(tunnel.ports.echo, CONNECT_PROFILE_SAMPLES)?;
+        let (p50, _) = new_connection_latency(tunnel.ports.echo, CONNECT_PROFILE_SAMPLES)?;
         stop_gracefully(&mut perf.0)?;
         let trace = dir.join(format!("{name}.connect.strace"));
-        let mut strace = Guard(
-            Command::new("strace")
-                .args(["-f", "-c", "-o"])
-                .arg(&trace)
-                .args(["-p", &pid])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("strace (scripts/deps strace installs it)")?,
-        );
+        let mut strace = attach("strace", &["-f", "-c"], &trace, tunnel, &[])?;
         std::thread::sleep(Duration::from_millis(500));
-        new_connection_latency_n(tunnel.ports.echo, CONNECT_PROFILE_SAMPLES)?;
+        new_connection_latency(tunnel.ports.echo, CONNECT_PROFILE_SAMPLES)?;
         stop_gracefully(&mut strace.0)?;
         println!(
             "{}: new conn p50 {p50:.3} ms while recorded to {}; syscalls of {CONNECT_PROFILE_SAMPLES} connections in {}",
@@ -539,6 +524,28 @@ fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> 
 }
 
 const CONNECT_PROFILE_SAMPLES: usize = 2000;
+
+/// `program <args> -o <out> -p <tunnel client pid> <tail>`, quiet: perf or
+/// strace attached to the tunnel client (scripts/deps installs both).
+fn attach(
+    program: &str,
+    args: &[&str],
+    out: &std::path::Path,
+    tunnel: &Tunnel,
+    tail: &[&str],
+) -> anyhow::Result<Guard> {
+    let child = Command::new(program)
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .args(["-p", &tunnel.proc.0.id().to_string()])
+        .args(tail)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("{program} (scripts/deps {program} installs it)"))?;
+    Ok(Guard(child))
+}
 
 /// SIGINT, so perf and strace write what they recorded, then wait.
 fn stop_gracefully(child: &mut Child) -> anyhow::Result<()> {
@@ -670,26 +677,26 @@ fn measure_latency(
     rounds: &mut [Round; 2],
 ) -> anyhow::Result<()> {
     let ports = tunnels.map(|t| t.ports);
-    let [a, b] = interleaved(NEW_CONN_SAMPLES, |i| timed(|| echo_once(ports[i].echo)))?;
-    (rounds[0].new_conn, rounds[1].new_conn) = (a, b);
+    let [r0, r1] = rounds;
+    [r0.new_conn, r1.new_conn] =
+        interleaved(NEW_CONN_SAMPLES, |i| timed(|| echo_once(ports[i].echo)))?;
     let mut held = [held_echo(ports[0].echo)?, held_echo(ports[1].echo)?];
-    let [a, b] = interleaved(RTT_SAMPLES, |i| timed(|| round_trip(&mut held[i])))?;
-    (rounds[0].round_trip, rounds[1].round_trip) = (a, b);
+    [r0.round_trip, r1.round_trip] =
+        interleaved(RTT_SAMPLES, |i| timed(|| round_trip(&mut held[i])))?;
     let (kept, new) = bench.kube_per_round;
-    let [(a_keep, a_new), (b_keep, b_new)] = bench.runtime.block_on(async {
+    (
+        [r0.kube_keep_alive, r1.kube_keep_alive],
+        [r0.kube_new, r1.kube_new],
+    ) = bench.runtime.block_on(async {
         let configs = [
             kube_client::config_through(&bench.kubeconfig, ports[0].kube).await?,
             kube_client::config_through(&bench.kubeconfig, ports[1].kube).await?,
         ];
-        let keep_alive = kube_client::keep_alive(&configs, kept).await?;
-        let new = kube_client::new_connections(&configs, new).await?;
-        anyhow::Ok([
-            (keep_alive[0].clone(), new[0].clone()),
-            (keep_alive[1].clone(), new[1].clone()),
-        ])
+        anyhow::Ok((
+            kube_client::keep_alive(&configs, kept).await?,
+            kube_client::new_connections(&configs, new).await?,
+        ))
     })?;
-    (rounds[0].kube_keep_alive, rounds[0].kube_new) = (a_keep, a_new);
-    (rounds[1].kube_keep_alive, rounds[1].kube_new) = (b_keep, b_new);
     Ok(())
 }
 
@@ -932,13 +939,11 @@ fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-fn new_connection_latency_n(port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
-    let mut samples = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        echo_once(port)?;
-        samples.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
+/// p50 and p99 of `n` new connections with one echo each, in a row.
+fn new_connection_latency(port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
+    let samples = (0..n)
+        .map(|_| timed(|| echo_once(port)))
+        .collect::<anyhow::Result<Vec<f64>>>()?;
     Ok(percentiles(samples))
 }
 
