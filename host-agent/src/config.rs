@@ -171,8 +171,10 @@ pub struct SshSection {
     #[serde(default = "default_connect_grace", with = "humantime_serde")]
     pub outage_grace: Duration,
     /// SSH sessions in the pool; connections are spread over them so
-    /// parallel transfers use more than one core. Defaults to the core count
-    /// (at most 4).
+    /// parallel transfers use more than one core at the server (sshd serves
+    /// each session from one single-threaded process), and new connections
+    /// do not all queue behind one session's occasional stall (BENCHMARKS.md,
+    /// kube new connection p99). Defaults to the core count (at most 4).
     #[serde(default = "default_sessions")]
     pub sessions: usize,
 }

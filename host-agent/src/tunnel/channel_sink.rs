@@ -44,7 +44,11 @@
 //!   agent-wide budget: it is paused at `pause_above` instead.
 //!
 //! Data can arrive before the connection task learns its channel id (a server
-//! that speaks first); it waits in an unclaimed sink until claimed. A sink
+//! that speaks first); it waits in an unclaimed sink until claimed. Past
+//! `pause_above` the session pauses for the claim as for a slow reader: the
+//! connection is new, so it counts as reading (one wait on credit, even past
+//! the allowance and with the agent-wide budget full); it is stalled only
+//! if no claim and no drain come within the budget. A sink
 //! exists only between the server's confirmation of its channel ([`Sinks::open`])
 //! and the end of its claim: data for any other channel id (one whose
 //! connection has ended, while the CHANNEL_CLOSE is still on its way) is
@@ -78,9 +82,9 @@ pub const STAGE_LIMIT: usize = 256 * 1024;
 
 /// Memory bounds for data the server sent that clients have not read yet.
 /// Queues up to `pause_above` are always accepted, and so are larger ones
-/// of a client that read within the last `pause_budget` (it is paused at
-/// `pause_above`, so its queue stays near that); other queues grow only
-/// within `total`. No queue passes `per_connection`.
+/// of a client that read within the last `pause_budget` or has not been
+/// written to yet (it is paused at `pause_above`, so its queue stays near
+/// that); other queues grow only within `total`. No queue passes `per_connection`.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub per_connection: usize,
@@ -510,14 +514,18 @@ impl SinkState {
         }
     }
 
-    /// The client read within the last pause budget and no wait for it has
-    /// failed since it last caught up: a reader, however slow, not a
-    /// stalled client or a trickle.
+    /// No wait for the client has failed since it last caught up, and it
+    /// read within the last pause budget or has not been written to yet: a
+    /// reader, however slow, not a stalled client or a trickle. A sink not
+    /// written to yet is unclaimed, or claimed a moment ago: its connection
+    /// task has yet to run (on a busy or single-threaded runtime the session
+    /// can read the server's first megabytes before it does). It gets one
+    /// wait on credit, and is stalled if that wait fails.
     fn progressing(&self, limits: &Limits) -> bool {
         self.pause_budget_used.is_zero()
             && self
                 .last_written
-                .is_some_and(|at| at.elapsed() < limits.pause_budget)
+                .is_none_or(|at| at.elapsed() < limits.pause_budget)
     }
 }
 
@@ -546,10 +554,10 @@ impl Sink {
             };
         }
         self.enqueue(&mut state, data, limits, total);
-        // Unclaimed sinks never pause: nothing could drain them meanwhile.
-        let pause = (state.client.is_some()
-            && state.overflow.is_none()
-            && state.queued > limits.pause_above)
+        // An unclaimed sink pauses too: its claim (the connection task
+        // running) is what the session waits for, and then its writer
+        // drains it like any other.
+        let pause = (state.overflow.is_none() && state.queued > limits.pause_above)
             .then(|| limits.pause_budget.saturating_sub(state.pause_budget_used))
             .filter(|left| !left.is_zero());
         drop(state);

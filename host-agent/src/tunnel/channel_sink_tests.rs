@@ -182,6 +182,9 @@ async fn a_slow_reader_gets_back_pressure_for_as_long_as_it_reads() {
     );
 }
 
+/// Queues past `pause_above` of clients that are not reading share the
+/// agent-wide budget. Here: two connections whose tasks never claimed their
+/// sinks (each got its one wait on credit, and nothing drained it).
 #[tokio::test]
 async fn the_agent_wide_budget_is_shared_by_connections() {
     let buffered = Arc::new(Buffered::default());
@@ -189,24 +192,33 @@ async fn the_agent_wide_budget_is_shared_by_connections() {
         per_connection: 1 << 30,
         total: 64 * 1024,
         pause_above: 16 * 1024,
-        pause_budget: Duration::from_millis(200),
+        pause_budget: Duration::from_millis(50),
         stall_allowance: Duration::from_secs(60),
         stall_window: Duration::from_secs(60),
     };
     let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
     let (a, b) = (1u32, 2u32);
-    // Unclaimed: nothing can be written, everything queues.
     sinks.open(a);
     sinks.open(b);
-    deliver(&sinks, a, &[0u8; 48 * 1024]).await;
-    deliver(&sinks, b, &[0u8; 48 * 1024]).await;
+    let started = std::time::Instant::now();
+    deliver(&sinks, a, &[0u8; 24 * 1024]).await;
+    deliver(&sinks, b, &[0u8; 24 * 1024]).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "the session waited for each claim: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(buffered.get(), 48 * 1024, "accepted on credit");
+    // No longer on credit: within the budget, which b's next packet passes.
+    deliver(&sinks, a, &[0u8; 8 * 1024]).await;
+    deliver(&sinks, b, &[0u8; 16 * 1024]).await;
     let (client, _peer) = pair().await;
     let claimed = sinks.claim(b, client);
     match claimed.next().await {
         Next::Overflow(why) => assert!(why.contains("total"), "{why}"),
         _ => panic!("expected the total budget to refuse"),
     }
-    assert_eq!(buffered.get(), 48 * 1024);
+    assert_eq!(buffered.get(), 56 * 1024);
     drop(claimed);
     drop(sinks);
     assert_eq!(
@@ -214,6 +226,71 @@ async fn the_agent_wide_budget_is_shared_by_connections() {
         0,
         "unclaimed bytes are returned with the session"
     );
+}
+
+/// Stalled readers used the session's allowance and filled the agent-wide
+/// budget. Then a connection opens whose server speaks first, and fast (the
+/// soak's resetting clients' target), and the session reads past
+/// `pause_above` of it before the connection task claims the sink (common
+/// on one worker thread). The session waits for the claim; nothing is cut.
+/// This cut 10 of 100 resetting clients in `tunnel_churn` ("the agent's
+/// total buffer ... is full").
+#[tokio::test]
+async fn a_server_that_speaks_first_is_not_cut_while_stalled_ones_fill_the_budget() {
+    let buffered = Arc::new(Buffered::default());
+    let limits = Limits {
+        per_connection: 512 * 1024,
+        total: 128 * 1024,
+        pause_above: 64 * 1024,
+        pause_budget: Duration::from_millis(100),
+        stall_allowance: Duration::from_millis(40),
+        stall_window: Duration::from_secs(60),
+    };
+    let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
+    let chunk = vec![7u8; 32 * 1024];
+    sinks.open(1u32);
+    let (stalled, _never_reads) = pair().await;
+    let hog = sinks.claim(1, stalled);
+    while hog.sink.state().overflow.is_none() {
+        deliver(&sinks, 1, &chunk).await;
+    }
+    assert!(sinks.stall_allowance(Duration::ZERO).is_zero());
+    assert!(
+        buffered.get() > 64 * 1024,
+        "the stalled one holds the budget"
+    );
+
+    sinks.open(2u32);
+    let (client, mut peer) = pair().await;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.map(|_| got.len())
+    });
+    const TOTAL: usize = 1024 * 1024;
+    let send = async {
+        for _ in 0..TOTAL / chunk.len() {
+            deliver(&sinks, 2, &chunk).await;
+        }
+        sinks.finish(2);
+    };
+    let connect = async {
+        // The connection task runs late: once the session queued past
+        // `pause_above` for it (or refused to).
+        while sinks.map().get(&2).is_none_or(|sink| {
+            let state = sink.state();
+            state.queued <= 64 * 1024 && state.overflow.is_none()
+        }) {
+            tokio::task::yield_now().await;
+        }
+        let claimed = sinks.claim(2, client.clone());
+        let pumped = claimed.write_queued_to(&client).await;
+        drop((claimed, client));
+        pumped
+    };
+    let ((), pumped) = tokio::join!(send, connect);
+    assert_eq!(pumped, Ok(()), "the new connection was cut");
+    assert_eq!(reader.await.unwrap().unwrap(), TOTAL);
+    drop(hog);
 }
 
 /// The connection ended (here: its client was cut off with data queued)
