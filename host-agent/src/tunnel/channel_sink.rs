@@ -48,12 +48,13 @@
 //! `pause_above` the session pauses for the claim as for a slow reader: the
 //! connection is new, so it counts as reading (one wait on credit, even past
 //! the allowance and with the agent-wide budget full); it is stalled only
-//! if no claim and no drain come within the budget. A sink
-//! exists only between the server's confirmation of its channel ([`Sinks::open`])
-//! and the end of its claim: data for any other channel id (one whose
-//! connection has ended, while the CHANNEL_CLOSE is still on its way) is
-//! dropped, never stored, so it can neither hold memory nor count against
-//! the agent-wide budget.
+//! if no claim and no drain come within the budget.
+//!
+//! A sink exists only between the server's confirmation of its channel
+//! ([`Sinks::open`]) and the end of its claim: data for any other channel
+//! id (one whose connection has ended, while the CHANNEL_CLOSE is still on
+//! its way) is dropped, never stored, so it can neither hold memory nor
+//! count against the agent-wide budget.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -84,7 +85,8 @@ pub const STAGE_LIMIT: usize = 256 * 1024;
 /// Queues up to `pause_above` are always accepted, and so are larger ones
 /// of a client that read within the last `pause_budget` or has not been
 /// written to yet (it is paused at `pause_above`, so its queue stays near
-/// that); other queues grow only within `total`. No queue passes `per_connection`.
+/// that); other queues grow only within `total`. No queue passes
+/// `per_connection`.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub per_connection: usize,
