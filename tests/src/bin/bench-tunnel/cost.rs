@@ -2,7 +2,9 @@
 //! per-session children) and of the load tool, read from /proc around it,
 //! and the tunnel client's write syscalls (`perf stat` on the syscall
 //! tracepoints: tokio writes sockets with send(2), which /proc/PID/io's
-//! `syscw` does not count), each divided by the bytes delivered.
+//! `syscw` does not count) and how often it went to sleep waiting (its
+//! threads' voluntary context switches), each divided by the bytes
+//! delivered.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -30,6 +32,7 @@ pub struct Parties {
 #[derive(Clone, Copy)]
 pub struct Snapshot {
     client: u64,
+    client_sleeps: u64,
     sshd: u64,
     tool: u64,
 }
@@ -39,6 +42,7 @@ impl Snapshot {
         let me = std::process::id();
         Snapshot {
             client: cpu_ticks(p.client, false),
+            client_sleeps: voluntary_switches(p.client),
             sshd: descendants(p.sshd)
                 .into_iter()
                 .map(|pid| cpu_ticks(pid, false))
@@ -60,6 +64,10 @@ pub struct Transfer {
     /// MB (10^6 bytes) delivered: to clients and to the SSH socket alike (on
     /// a download almost all go to clients). NaN when perf cannot count.
     pub writes_per_mb: f64,
+    /// Times the tunnel client blocked waiting (voluntary context switches,
+    /// all threads) per GB delivered. Each is a wake-up the sender pays
+    /// for: here sshd, whose socket delivers the data.
+    pub client_sleeps_gb: f64,
 }
 
 impl Transfer {
@@ -80,6 +88,7 @@ impl Transfer {
             sshd_ms_gb: ms(after.sshd, before.sshd),
             tool_ms_gb: ms(after.tool, before.tool),
             writes_per_mb: writes.map_or(f64::NAN, |w| w as f64 / (bytes as f64 / 1e6)),
+            client_sleeps_gb: after.client_sleeps.saturating_sub(before.client_sleeps) as f64 / gb,
         }
     }
 
@@ -96,6 +105,7 @@ impl Transfer {
             sshd_ms_gb: m(|t| t.sshd_ms_gb),
             tool_ms_gb: m(|t| t.tool_ms_gb),
             writes_per_mb: m(|t| t.writes_per_mb),
+            client_sleeps_gb: m(|t| t.client_sleeps_gb),
         }
     }
 }
@@ -122,6 +132,25 @@ pub fn cpu_ticks(pid: u32, children: bool) -> u64 {
             })
         })
         .unwrap_or(0)
+}
+
+/// Voluntary context switches of every thread of `pid` (0 if it is gone).
+/// Threads that ended meanwhile drop out of the sum; the tunnel clients
+/// here keep theirs for the whole run.
+fn voluntary_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// The syscalls that write to a socket, as perf tracepoints.

@@ -374,12 +374,12 @@ fn print_tables(
     // Throughput swings with the machine's other load; CPU per byte swings
     // less, and says where a 2-core machine's cycles go.
     println!(
-        "\nCPU ms per GB delivered and the tunnel client's write syscalls per MB (medians):\n"
+        "\nCPU ms per GB delivered, the tunnel client's write syscalls per MB and its sleeps (voluntary context switches) per GB (medians):\n"
     );
     println!(
-        "| load tool, streams | tunnel | client ms/GB | sshd ms/GB | load tool ms/GB | whole path ms/GB | client writes/MB |"
+        "| load tool, streams | tunnel | client ms/GB | sshd ms/GB | load tool ms/GB | whole path ms/GB | client writes/MB | client sleeps/GB |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     type Pick = fn(&Summary) -> Transfer;
     let kinds: [(&str, Pick); 4] = [
         ("bench, 1", |s| s.tool_1),
@@ -391,13 +391,14 @@ fn print_tables(
         for (t, r) in tunnels.iter().zip(rows) {
             let x = get(r);
             println!(
-                "| {kind} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
+                "| {kind} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
                 t.label,
                 x.client_ms_gb,
                 x.sshd_ms_gb,
                 x.tool_ms_gb,
                 x.path_ms_gb(),
-                x.writes_per_mb
+                x.writes_per_mb,
+                x.client_sleeps_gb
             );
         }
     }
