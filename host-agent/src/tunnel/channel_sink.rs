@@ -247,14 +247,16 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             Delivered::Pause(budget) => budget,
         };
         let allowance = self.stall_allowance(Duration::ZERO);
-        let budget = if !allowance.is_zero() {
+        let budget = if sink.state().progressing(&self.limits) {
+            // A reader (or a new connection) gets back-pressure even when
+            // stalled readers used up (almost) all the allowance, else it
+            // would be cut for being slower than sshd (or for its task
+            // starting late); past the allowance in short waits, so that a
+            // burst of clients that read a little and then stop costs
+            // little.
+            budget.min(allowance.max(self.limits.pause_budget / PROBE_DIVISOR))
+        } else if !allowance.is_zero() {
             budget.min(allowance)
-        } else if sink.state().progressing(&self.limits) {
-            // Stalled readers used up the allowance, but this one is
-            // reading: it still gets back-pressure (else it would be cut
-            // for being slower than sshd), in short waits, so that a burst
-            // of clients that read a little and then stop costs little.
-            budget.min(self.limits.pause_budget / PROBE_DIVISOR)
         } else {
             return;
         };
