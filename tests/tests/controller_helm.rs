@@ -232,10 +232,17 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
     let before: Vec<String> = helm.pods().unwrap().into_iter().map(|p| p.name).collect();
     helm.upgrade(&values("tail0000.ts.net"))
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let after = helm.pods().unwrap();
-    assert!(
-        after.iter().all(|p| !before.contains(&p.name) && p.ready),
-        "not rolled: {before:?} -> {after:?}"
+    // `--wait` returns once the new pods are Ready; an old pod can still be
+    // listed for a moment after it exited (phase Succeeded), until the
+    // ReplicaSet controller deletes it.
+    eventually(
+        Duration::from_secs(60),
+        "only new, Ready pods after the upgrade",
+        || {
+            let after = helm.pods().ok()?;
+            (!after.is_empty() && after.iter().all(|p| !before.contains(&p.name) && p.ready))
+                .then_some(())
+        },
     );
     s.wait_oport("helm.late.81", "new tailnet domain", |o| {
         o["spec"]["exposures"][0]["fqdn"] == "helm-late.tail0000.ts.net"
