@@ -284,23 +284,20 @@ fn enroll(path: &std::path::Path, lifetime: std::time::Duration) -> anyhow::Resu
 }
 
 /// `run`: load the config (a bad file exits non-zero naming file, key and
-/// expectation), then hold the tunnel on one worker thread, unless
-/// `TOKIO_WORKER_THREADS` (tokio's own variable) asks for more.
+/// expectation), then hold the tunnel on a multi-threaded runtime (a
+/// worker per core, or `TOKIO_WORKER_THREADS`, tokio's own variable).
 ///
-/// One worker is what met `ssh -L`'s new-connection latency
-/// (BENCHMARKS.md, issue 12): with two, a connection's close overlapping the
-/// next accept woke the idle worker (a futex round trip per connection),
-/// and throughput on 2 cores was the same. The pool's sessions still spread
-/// parallel transfers over one sshd process each.
+/// One worker met `ssh -L`'s new-connection latency where two cost 2-4%
+/// (BENCHMARKS.md, issue 12), but it is not the default: in `tunnel_churn`'s
+/// soak (debug build, 1,000 connections, 100 stalled) one of 15 runs on
+/// one worker lost an SSH session.
 fn run_agent(config_path: &std::path::Path) -> anyhow::Result<()> {
     init_tracing();
     let config = portplane_agent::config::AgentConfig::load(config_path)?;
     let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.into());
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        runtime.worker_threads(1);
-    }
-    let runtime = runtime.enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(portplane_agent::run::run(config, config_path))?;
     Ok(())
 }

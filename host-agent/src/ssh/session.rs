@@ -152,7 +152,17 @@ impl client::Handler for TunnelHandler {
         server_key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let verdict = match server_key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => self.policy.check(key),
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                // Reads the known hosts files, and may append (and fsync) a
+                // new key: off the runtime thread, which carries every
+                // forwarded connection.
+                let (policy, key) = (self.policy.clone(), key.clone());
+                tokio::task::spawn_blocking(move || policy.check(&key))
+                    .await
+                    .unwrap_or_else(|e| {
+                        HostKeyVerdict::Refuse(format!("host key check failed: {e}"))
+                    })
+            }
             PublicKeyOrCertificate::Certificate(_) => {
                 HostKeyVerdict::Refuse("host certificates are not supported".into())
             }
