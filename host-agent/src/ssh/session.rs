@@ -154,8 +154,8 @@ impl client::Handler for TunnelHandler {
         let verdict = match server_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => {
                 // Reads the known hosts files, and may append (and fsync) a
-                // new key: off the runtime thread, which carries every
-                // forwarded connection.
+                // new key: off the runtime's worker threads, which carry
+                // the forwarded connections.
                 let (policy, key) = (self.policy.clone(), key.clone());
                 tokio::task::spawn_blocking(move || policy.check(&key))
                     .await
