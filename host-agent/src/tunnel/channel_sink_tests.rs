@@ -53,6 +53,21 @@ async fn deliver(sinks: &Sinks<u32>, id: u32, data: &[u8]) {
     sinks.flush_staged();
 }
 
+/// Channel 1's client never reads: the server sends until the sink is cut
+/// off, having filled what the limits let it (its pause, the allowance,
+/// the agent-wide budget). Returns the claim and the client, which must
+/// live as long as the test needs them.
+async fn a_stalled_hog(sinks: &Arc<Sinks<u32>>) -> (Claimed<u32>, TcpStream) {
+    let chunk = vec![0u8; 32 * 1024];
+    sinks.open(1u32);
+    let (stalled, never_reads) = pair().await;
+    let hog = sinks.claim(1, stalled);
+    while hog.sink.state().overflow.is_none() {
+        deliver(sinks, 1, &chunk).await;
+    }
+    (hog, never_reads)
+}
+
 fn sinks(per_connection: usize, total: usize) -> (Arc<Sinks<u32>>, Arc<Buffered>) {
     let buffered = Arc::new(Buffered::default());
     let limits = Limits {
@@ -242,12 +257,7 @@ async fn a_late_claim_while_a_stalled_one_holds_the_budget(
     let buffered = Arc::new(Buffered::default());
     let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
     let chunk = vec![7u8; 32 * 1024];
-    sinks.open(1u32);
-    let (stalled, _never_reads) = pair().await;
-    let hog = sinks.claim(1, stalled);
-    while hog.sink.state().overflow.is_none() {
-        deliver(&sinks, 1, &chunk).await;
-    }
+    let hog = a_stalled_hog(&sinks).await;
     assert!(
         buffered.get() > pause_above,
         "the stalled one holds the budget"
@@ -413,13 +423,7 @@ async fn a_burst_of_stalled_readers_costs_the_session_its_allowance_only() {
 #[tokio::test]
 async fn a_full_total_budget_does_not_cut_a_client_that_keeps_up() {
     let (sinks, buffered) = sinks(1 << 30, 128 * 1024);
-    sinks.open(1u32);
-    let (stalled, _never_reads) = pair().await;
-    let hog = sinks.claim(1, stalled);
-    let chunk = vec![0u8; 32 * 1024];
-    while hog.sink.state().overflow.is_none() {
-        deliver(&sinks, 1, &chunk).await;
-    }
+    let _hog = a_stalled_hog(&sinks).await;
     assert!(
         buffered.get() > 64 * 1024,
         "the stalled one holds the budget"
@@ -489,12 +493,7 @@ async fn a_reader_after_stalled_ones_used_the_allowance_is_paused_not_cut() {
     };
     let sinks = Arc::new(Sinks::new(limits, buffered.clone()));
     let chunk = vec![7u8; 32 * 1024];
-    sinks.open(1u32);
-    let (stalled, _never_reads) = pair().await;
-    let hog = sinks.claim(1, stalled);
-    while hog.sink.state().overflow.is_none() {
-        deliver(&sinks, 1, &chunk).await;
-    }
+    let hog = a_stalled_hog(&sinks).await;
     assert!(sinks.stall_allowance(Duration::ZERO).is_zero());
     assert!(
         buffered.get() > 64 * 1024,
