@@ -15,6 +15,13 @@ fn connection_during_an_outage_waits_for_the_new_session() {
 
     sshd.stop();
     agent.wait_log("ssh session lost", 1, Duration::from_secs(15));
+    // The log says why (sshd gone: the connection ended mid-stream).
+    let log = agent.log();
+    let lost = log.lines().find(|l| l.contains("ssh session lost"));
+    assert!(
+        lost.is_some_and(|l| l.contains(r#""reason":"early eof""#)),
+        "{log}"
+    );
     // The listener is still bound while no session exists...
     let waiting = std::thread::spawn(move || echo_once(port, b"made it across the outage"));
     std::thread::sleep(Duration::from_secs(2));

@@ -79,12 +79,23 @@ pub struct SessionTuning {
     pub buffered: Arc<Buffered>,
 }
 
+/// Most characters of a server's disconnect message that are logged: it
+/// comes from outside, and is escaped (`{:?}`) as well as cut.
+const MAX_DISCONNECT_MESSAGE: usize = 200;
+
+fn bounded(message: &str) -> String {
+    message.chars().take(MAX_DISCONNECT_MESSAGE).collect()
+}
+
 /// A live session and a future that completes when it ends.
 pub struct Session {
     pub handle: client::Handle<TunnelHandler>,
     /// Where the session delivers each channel's data.
     pub sinks: Arc<Sinks>,
-    pub closed: oneshot::Receiver<()>,
+    /// Resolves when the session ends: with why, when russh told us (an
+    /// error, or the server's SSH_MSG_DISCONNECT); closed without a value
+    /// if the session task ended otherwise.
+    pub closed: oneshot::Receiver<String>,
 }
 
 /// russh's per-session callbacks: host key checking, channel data straight
@@ -94,7 +105,7 @@ pub struct TunnelHandler {
     policy: HostKeyPolicy,
     refusal: Arc<Mutex<Option<String>>>,
     sinks: Arc<Sinks>,
-    _closed: oneshot::Sender<()>,
+    closed: Option<oneshot::Sender<String>>,
 }
 
 impl Drop for TunnelHandler {
@@ -116,6 +127,29 @@ impl client::Handler for TunnelHandler {
     ) -> Result<(), Self::Error> {
         self.sinks.deliver(channel, data).await;
         Ok(())
+    }
+
+    /// Why the session ended, for the pool's log: russh calls this once,
+    /// as the session task ends.
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        let why = match &reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => format!(
+                "the server disconnected ({:?}: {:?})",
+                info.reason_code,
+                bounded(&info.message)
+            ),
+            client::DisconnectReason::Error(e) => e.to_string(),
+        };
+        if let Some(closed) = self.closed.take() {
+            let _ = closed.send(why);
+        }
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => Err(e),
+        }
     }
 
     async fn channel_open_confirmation(
@@ -325,7 +359,7 @@ async fn connect_inner(
         },
         refusal: refusal.clone(),
         sinks: sinks.clone(),
-        _closed: closed_tx,
+        closed: Some(closed_tx),
     };
     let config = Arc::new(client_config(host, tuning));
     let connected = match tokio::net::TcpStream::connect((host.hostname.as_str(), host.port)).await

@@ -235,10 +235,16 @@ async fn supervise(
                     since: SystemTime::now(),
                 })));
                 // Resolves when the session task ends and drops its handler.
-                let _ = session.closed.await;
+                let why = session
+                    .closed
+                    .await
+                    .unwrap_or_else(|_| "the session task ended".into());
                 let _ = tx.send(None);
-                health.set(None, Some("ssh session lost; reconnecting".into()));
-                tracing::warn!(slot, "ssh session lost; reconnecting");
+                health.set(
+                    None,
+                    Some(format!("ssh session lost ({why}); reconnecting")),
+                );
+                tracing::warn!(slot, reason = %why, "ssh session lost; reconnecting");
             }
             Err(error) => {
                 let delay = backoff.next_delay();
