@@ -65,8 +65,19 @@ pub async fn forward(
     // connection was one more wake-up on the connect path (the client's
     // first bytes waited for it to be scheduled, at times on another
     // worker thread).
-    let upstream = client_to_server(client_read, to_server.half.clone(), counters.clone());
-    tokio::pin!(upstream);
+    // Boxed so that it can be dropped, not just left unpolled, before the
+    // close below: a send it has pending (data or EOF, waiting for room in
+    // the session's queue of 10) holds on to the room it is granted until
+    // it is polled or dropped. Left pinned on the stack and unpolled while
+    // this task awaits its own CHANNEL_CLOSE, it kept that room for ever;
+    // after a burst of such connections (a session paused for stalled
+    // readers while early-closing servers ended theirs) no message,
+    // channel opens included, reached that session again.
+    let mut upstream = Box::pin(client_to_server(
+        client_read,
+        to_server.half.clone(),
+        counters.clone(),
+    ));
     let mut upstream_ended = false;
     let outcome = {
         let downstream = sink.write_queued_to(&client_write);
@@ -96,10 +107,12 @@ pub async fn forward(
         // Whatever the client still sends has nowhere to go once the server
         // side closed; give the upstream a moment to deliver its EOF.
         Ok(()) if !upstream_ended => {
-            let _ = tokio::time::timeout(Duration::from_secs(1), upstream).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut upstream).await;
         }
         Ok(()) => {}
     }
+    // Before the close, which needs room in the session's queue itself.
+    drop(upstream);
     to_server.close().await;
 }
 
