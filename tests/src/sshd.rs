@@ -20,6 +20,8 @@ pub struct Sshd {
     port: u16,
     child: Option<Child>,
     user: String,
+    /// sshd_config(5) `LogLevel`.
+    log_level: &'static str,
 }
 
 impl Sshd {
@@ -28,8 +30,20 @@ impl Sshd {
         Self::start_on(free_port()?)
     }
 
+    /// Start sshd on a free loopback port, logging at `level` (sshd_config(5)
+    /// `LogLevel`): at DEBUG, sshd logs each channel it opens with the window
+    /// and packet size the client offered; at DEBUG2, each window adjustment
+    /// it receives ("channel N: rcvd adjust BYTES").
+    pub fn start_with_log_level(level: &'static str) -> anyhow::Result<Sshd> {
+        Self::start_at(free_port()?, level)
+    }
+
     /// Start sshd on the given loopback port.
     pub fn start_on(port: u16) -> anyhow::Result<Sshd> {
+        Self::start_at(port, "INFO")
+    }
+
+    fn start_at(port: u16, log_level: &'static str) -> anyhow::Result<Sshd> {
         let sshd = sshd_path()?;
         let dir = tempfile::Builder::new()
             .prefix("portplane-sshd-")
@@ -40,6 +54,7 @@ impl Sshd {
             port,
             child: None,
             user,
+            log_level,
         };
         me.generate_keys()?;
         me.write_sshd_config()?;
@@ -209,8 +224,9 @@ impl Sshd {
              PrintMotd no\n\
              MaxStartups 200:30:400\n\
              MaxSessions 100\n\
-             LogLevel INFO\n",
+             LogLevel {level}\n",
             port = self.port,
+            level = self.log_level,
         );
         std::fs::write(self.sshd_config_path(), config)?;
         Ok(())

@@ -300,9 +300,18 @@ impl AsyncWrite for SshSocket {
     }
 }
 
-/// The russh client config: an 8 MiB window and 64 KiB packets so a single
-/// stream is not window-bound on a fast link, TCP_NODELAY for request/reply
-/// latency, and the cipher order the ssh config resolved to.
+/// The russh client config: OpenSSH's flow control for a forwarded
+/// connection, TCP_NODELAY for request/reply latency, and the cipher order
+/// the ssh config resolved to.
+///
+/// The window and packet size are `ssh -L`'s (`CHAN_TCP_WINDOW_DEFAULT`,
+/// 2 MiB, and `CHAN_TCP_PACKET_DEFAULT`, 32 KiB, in OpenSSH's channels.h),
+/// and vendor/russh adjusts the window as OpenSSH does, once three packets
+/// of it are used. sshd then sends at the pace the agent takes the data, in
+/// packet-sized writes, instead of in bursts of half a window: under bbr the
+/// kernel paced those bursts with a timer, and sshd spent 1.1-1.3x the CPU
+/// per GB it spends on `ssh -L` (BENCHMARKS.md, issue 12). A 2 MiB window is
+/// ample on the host-to-VM link (at 1 ms round trip it allows 16 Gbit/s).
 pub fn client_config(host: &ResolvedHost, tuning: &SessionTuning) -> client::Config {
     let ciphers: Vec<russh::cipher::Name> = host
         .ciphers
@@ -310,9 +319,8 @@ pub fn client_config(host: &ResolvedHost, tuning: &SessionTuning) -> client::Con
         .filter_map(|c| russh::cipher::Name::try_from(c.as_str()).ok())
         .collect();
     client::Config {
-        window_size: 8 * 1024 * 1024,
-        // russh logs an error above 65535 (one TCP segment, it reasons).
-        maximum_packet_size: 65535,
+        window_size: 2 * 1024 * 1024,
+        maximum_packet_size: 32 * 1024,
         // Data is drained promptly by each connection's own task, so this
         // only smooths bursts (see tunnel::connection).
         channel_buffer_size: 64,

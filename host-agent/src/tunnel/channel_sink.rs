@@ -105,7 +105,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            // Twice the SSH window: a reader pausing for a moment is fine.
+            // Eight SSH windows (2 MiB, ssh::session): a reader pausing
+            // for a moment is fine.
             per_connection: 16 * 1024 * 1024,
             total: 256 * 1024 * 1024,
             pause_above: 1024 * 1024,

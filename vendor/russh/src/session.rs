@@ -294,6 +294,24 @@ impl Encrypted {
         Ok(())
     }
 
+    /// The `grant_after` that adjusts a window only once less than half of
+    /// it is left (what both sides did before [`Self::client_grant_after`]).
+    pub fn half_window(target: u32) -> u32 {
+        target - target / 2
+    }
+
+    /// The client's `grant_after`: OpenSSH's rule (`channel_check_window` in
+    /// channels.c): adjust once the peer has used more than three maximum
+    /// packets of the window, or half of it, whichever comes first. Small,
+    /// frequent adjustments let the server send at the pace the client
+    /// takes the data, as it does for `ssh`, instead of in bursts of half a
+    /// window.
+    pub fn client_grant_after(target: u32, maximum_packet_size: u32) -> u32 {
+        maximum_packet_size
+            .saturating_mul(3)
+            .min(Self::half_window(target))
+    }
+
     pub fn sender_window_size(&self, channel: ChannelId) -> usize {
         if let Some(channel) = self.channels.get(&channel) {
             channel.sender_window_size as usize
@@ -302,11 +320,15 @@ impl Encrypted {
         }
     }
 
+    /// Account for `data` received on `channel` and, once the peer has used
+    /// more than `grant_after` bytes of the `target` window, send it a
+    /// CHANNEL_WINDOW_ADJUST back up to `target`. Returns whether one was sent.
     pub fn adjust_window_size(
         &mut self,
         channel: ChannelId,
         data: &[u8],
         target: u32,
+        grant_after: u32,
     ) -> Result<bool, crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
             trace!(
@@ -318,7 +340,7 @@ impl Encrypted {
             if data.len() as u32 <= channel.sender_window_size {
                 channel.sender_window_size -= data.len() as u32;
             }
-            if channel.sender_window_size < target / 2 {
+            if target.saturating_sub(channel.sender_window_size) > grant_after {
                 debug!(
                     "sender_window_size {:?}, target {:?}",
                     channel.sender_window_size, target

@@ -621,9 +621,13 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                let grant_after = Encrypted::client_grant_after(
+                    target,
+                    self.common.config.maximum_packet_size,
+                );
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if enc.adjust_window_size(channel_num, &data, target, grant_after)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {
@@ -648,9 +652,13 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                let grant_after = Encrypted::client_grant_after(
+                    target,
+                    self.common.config.maximum_packet_size,
+                );
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if enc.adjust_window_size(channel_num, &data, target, grant_after)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {

@@ -1491,7 +1491,8 @@ impl Session {
 
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    let grant_after = Encrypted::half_window(target);
+                    if enc.adjust_window_size(channel_num, &data, target, grant_after)? {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
                             self.target_window_size = window
