@@ -37,22 +37,8 @@ pub const MAX_AGENTS: usize = 256;
 /// 1,024 host ports of short strings are under 100 KiB.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
-/// What a cut string ends with.
-pub const TRUNCATED: &str = "… [truncated from";
-
-/// `s` cut to at most `max` bytes (on a character boundary) with a visible
-/// marker giving its original length; unchanged when it fits.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let marker = format!("{TRUNCATED} {} bytes]", s.len());
-    let mut end = max.saturating_sub(marker.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{marker}", &s[..end])
-}
+/// The cut is portplane-core's, shared with the agent.
+pub use portplane_core::text::{TRUNCATED, truncate};
 
 fn truncate_in_place(s: &mut String, max: usize) {
     if s.len() > max {
@@ -169,16 +155,6 @@ fn cap_agents(agents: &mut Vec<AgentStatus>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncation_is_visible_bounded_and_keeps_utf8_whole() {
-        let long = "é".repeat(1024 * 1024);
-        let cut = truncate(&long, MAX_MESSAGE);
-        assert!(cut.len() <= MAX_MESSAGE, "{}", cut.len());
-        assert!(cut.ends_with(&format!("{TRUNCATED} {} bytes]", long.len())));
-        assert!(cut.starts_with("éé"));
-        assert_eq!(truncate("short", MAX_MESSAGE), "short");
-    }
 
     #[test]
     fn a_huge_report_is_cut_to_its_limits() {

@@ -8,6 +8,9 @@
 //! [`ownership::refusal`]; the wire conversions (crate `portplane-proto`,
 //! module `convert`) map these types to and from the gRPC messages.
 //!
+//! [`text::truncate`] is the one way a string from outside is cut to a
+//! bound, in both binaries.
+//!
 //! Pure by construction: no Kubernetes client, no async runtime, no RPC, no
 //! I/O. Every input is plain data, so every rule is a unit test.
 
@@ -17,6 +20,7 @@ pub mod model;
 pub mod names;
 pub mod ownership;
 pub mod protocol;
+pub mod text;
 
 pub use address::{HostPort, check_loopback_listen};
 pub use model::{

@@ -76,7 +76,7 @@ pub fn parse_inspect(json: &[u8]) -> Result<Vec<pb::HostPort>, String> {
                 host_ip: if host_ip.is_empty() {
                     "0.0.0.0".into()
                 } else {
-                    host_ip.chars().take(64).collect()
+                    portplane_core::text::truncate(host_ip, 64)
                 },
             });
             if out.len() >= MAX_BINDINGS {

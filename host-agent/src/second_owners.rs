@@ -129,7 +129,7 @@ fn from_proc(ports: &BTreeSet<u16>) -> Vec<pb::SecondOwner> {
             address: address.clone(),
             pid,
             process,
-            command: command.chars().take(MAX_COMMAND).collect(),
+            command: portplane_core::text::truncate(&command, MAX_COMMAND),
         });
     }
     out

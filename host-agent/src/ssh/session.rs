@@ -79,13 +79,9 @@ pub struct SessionTuning {
     pub buffered: Arc<Buffered>,
 }
 
-/// Most characters of a server's disconnect message that are logged: it
-/// comes from outside, and is escaped (`{:?}`) as well as cut.
+/// Most bytes of a server's disconnect message that are logged: it comes
+/// from outside, and is escaped (`{:?}`) as well as cut.
 const MAX_DISCONNECT_MESSAGE: usize = 200;
-
-fn bounded(message: &str) -> String {
-    message.chars().take(MAX_DISCONNECT_MESSAGE).collect()
-}
 
 /// A live session and a future that completes when it ends.
 pub struct Session {
@@ -139,7 +135,7 @@ impl client::Handler for TunnelHandler {
             client::DisconnectReason::ReceivedDisconnect(info) => format!(
                 "the server disconnected ({:?}: {:?})",
                 info.reason_code,
-                bounded(&info.message)
+                portplane_core::text::truncate(&info.message, MAX_DISCONNECT_MESSAGE)
             ),
             client::DisconnectReason::Error(e) => e.to_string(),
         };
