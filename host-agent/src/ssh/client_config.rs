@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use super::rekey_limit::RekeyLimit;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -56,6 +58,8 @@ pub struct ResolvedHost {
     pub no_host_authentication_for_localhost: bool,
     /// Cipher names in preference order, already resolved against `default_ciphers`.
     pub ciphers: Vec<String>,
+    /// `RekeyLimit`.
+    pub rekey_limit: RekeyLimit,
 }
 
 /// Read `path` and resolve `alias` in it.
@@ -90,6 +94,7 @@ struct Obtained {
     strict: Option<StrictHostKeyChecking>,
     no_auth_localhost: Option<bool>,
     ciphers: Option<String>,
+    rekey_limit: Option<RekeyLimit>,
 }
 
 /// Keywords (lowercase) that change where or how OpenSSH connects, or how it
@@ -224,6 +229,9 @@ pub fn resolve(
                 });
             }
             "ciphers" if got.ciphers.is_none() => got.ciphers = Some(first()?),
+            "rekeylimit" if got.rekey_limit.is_none() => {
+                got.rekey_limit = Some(RekeyLimit::parse(args).map_err(|p| invalid(keyword, p))?);
+            }
             _ => {}
         }
     }
@@ -271,6 +279,7 @@ pub fn resolve(
         strict_host_key_checking: got.strict.unwrap_or(StrictHostKeyChecking::Yes),
         no_host_authentication_for_localhost: got.no_auth_localhost.unwrap_or(false),
         ciphers,
+        rekey_limit: got.rekey_limit.unwrap_or_default(),
         hostname,
     })
 }

@@ -246,3 +246,34 @@ fn match_host_and_originalhost_are_evaluated_other_forms_are_errors() {
     assert!(err.starts_with("/x/ssh.config:1: `Match`:"), "{err}");
     assert!(err.contains("cannot evaluate `Match exec`"), "{err}");
 }
+
+#[test]
+fn rekey_limit_first_value_wins_and_a_bad_one_names_file_and_line() {
+    let h = resolve_text(
+        "Host vm\n  RekeyLimit 256M 1h\nHost *\n  RekeyLimit 1G\n",
+        "vm",
+    );
+    assert_eq!(
+        h.rekey_limit,
+        RekeyLimit {
+            data: Some(256 << 20),
+            time: Some(std::time::Duration::from_secs(3600)),
+        }
+    );
+    assert_eq!(
+        resolve_text("Host vm\n", "vm").rekey_limit,
+        RekeyLimit::default()
+    );
+    let err = resolve(
+        Path::new("/x/ssh.config"),
+        "Host vm\n  RekeyLimit lots\n",
+        "vm",
+        &env(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("/x/ssh.config:2: `RekeyLimit`: expected an amount of data"),
+        "{err}"
+    );
+}

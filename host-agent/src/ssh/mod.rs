@@ -3,4 +3,5 @@
 
 pub mod client_config;
 pub mod host_key;
+mod rekey_limit;
 pub mod session;

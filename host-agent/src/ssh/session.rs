@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::client_config::ResolvedHost;
+use super::client_config::{RekeyLimit, ResolvedHost};
 use super::host_key::{HostKeyPolicy, HostKeyVerdict};
 use crate::tunnel::channel_sink::{Buffered, Limits, Sinks};
 
@@ -322,12 +322,26 @@ pub fn client_config(host: &ResolvedHost, tuning: &SessionTuning) -> client::Con
         channel_buffer_size: 64,
         keepalive_interval: Some(tuning.keepalive_interval),
         keepalive_max: tuning.keepalive_count_max as usize,
+        limits: rekey_limits(host.rekey_limit),
         preferred: russh::Preferred {
             cipher: Cow::Owned(ciphers),
             ..russh::Preferred::DEFAULT
         },
         ..client::Config::default()
     }
+}
+
+/// `RekeyLimit` as russh's limits. russh allows at most 1 GiB under one
+/// key (`Limits::new` asserts it, for nonce safety): a larger amount is
+/// lowered to that, which only renews keys sooner.
+fn rekey_limits(limit: RekeyLimit) -> russh::Limits {
+    const MOST: u64 = 1 << 30;
+    let default = russh::Limits::default();
+    let data = limit
+        .data
+        .and_then(|d| usize::try_from(d.min(MOST)).ok())
+        .unwrap_or(default.rekey_write_limit);
+    russh::Limits::new(data, data, limit.time.unwrap_or(default.rekey_time_limit))
 }
 
 /// Connect, check the host key, authenticate.

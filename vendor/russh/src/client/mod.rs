@@ -95,6 +95,9 @@ pub struct Session {
     target_window_size: u32,
     pending_reads: Vec<Vec<u8>>,
     pending_len: u32,
+    /// Most bytes of non-transport messages the server may send after our
+    /// KEXINIT, before it has seen it: set by `begin_rekey`.
+    pending_allowance: u64,
     priority_sender: UnboundedSender<Msg>,
     priority_receiver: UnboundedReceiver<Msg>,
     inbound_channel_sender: Sender<Msg>,
@@ -1332,6 +1335,7 @@ impl Session {
             channels: HashMap::new(),
             pending_reads: Vec::new(),
             pending_len: 0,
+            pending_allowance: 0,
             open_global_requests: VecDeque::new(),
             server_sig_algs: None,
             ext_info_count: 0,
@@ -1872,6 +1876,17 @@ impl Session {
     fn begin_rekey(&mut self) -> Result<(), crate::Error> {
         debug!("beginning re-key");
         self.pending_len = 0;
+        // Until it reads our KEXINIT the server may send every byte of
+        // window it holds, on every channel (with several busy channels,
+        // far more than one window), plus other messages: two windows'
+        // worth of those.
+        let windows: u64 = self.common.encrypted.as_ref().map_or(0, |enc| {
+            enc.channels
+                .values()
+                .map(|c| u64::from(c.sender_window_size))
+                .sum()
+        });
+        self.pending_allowance = windows + 2 * u64::from(self.common.config.window_size);
         let mut kex = ClientKex::new(
             self.common.config.clone(),
             &self.common.config.client_id,
@@ -1989,8 +2004,10 @@ async fn reply<H: Handler>(
     //   * Before it arrives (we initiated the rekey; the peer may not have seen
     //     our KEXINIT yet) their in-flight messages are legal. Handle them as
     //     usual, but bound the total so a peer that stalls the rekey and floods
-    //     cannot grow memory without limit. `pending_len` is reset when the
-    //     rekey completes (see `begin_rekey` and the kex-done path).
+    //     cannot grow memory without limit: to every channel's window plus two
+    //     windows (`pending_allowance`, set by `begin_rekey`). `pending_len` is
+    //     reset when the rekey completes (see `begin_rekey` and the kex-done
+    //     path).
     #[allow(clippy::collapsible_if)]
     if !is_kex_msg && session.common.encrypted.is_some() {
         if let (Some(&msg_type), SessionKexState::InProgress(kex)) =
@@ -2001,8 +2018,7 @@ async fn reply<H: Handler>(
                     return Err(crate::Error::Inconsistent.into());
                 }
                 session.pending_len = session.pending_len.saturating_add(pkt.buffer.len() as u32);
-                if u64::from(session.pending_len) > 2 * u64::from(session.common.config.window_size)
-                {
+                if u64::from(session.pending_len) > session.pending_allowance {
                     return Err(crate::Error::Pending.into());
                 }
             }
