@@ -11,7 +11,7 @@
 
 mod tunnel_support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
