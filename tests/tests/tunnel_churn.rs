@@ -52,7 +52,7 @@ fn cut_stalled_clients_close_their_channels_and_free_the_budget() {
     let stalled: Vec<TcpStream> = (0..20)
         .map(|_| TcpStream::connect(("127.0.0.1", listen.stall)).unwrap())
         .collect();
-    agent.wait_log("closing connection", 20, Duration::from_secs(90));
+    agent.wait_log("resetting connection", 20, Duration::from_secs(90));
     wait_until(
         Duration::from_secs(10),
         || targets.stall.open_at_sshd() == 0,

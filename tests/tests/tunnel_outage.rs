@@ -52,3 +52,48 @@ fn connection_is_closed_after_the_outage_grace() {
         Duration::from_secs(5),
     );
 }
+
+/// A download under way when the session is lost must not look complete:
+/// the client gets what arrived, then a reset, never a clean EOF (which
+/// `ssh -L` gives, exiting, and which a client without a length of its own,
+/// a streamed log or a tar through `kubectl cp`, would take as the end).
+#[test]
+fn a_transfer_cut_by_a_lost_session_ends_in_a_reset_not_an_eof() {
+    use std::io::Read;
+    let mut sshd = Sshd::start().unwrap();
+    let source = tunnel_support::source_server(None);
+    let port = tunnel_support::listen_port();
+    let agent = tunnel_support::Agent::start(&tunnel_support::config_for(
+        &sshd,
+        &[("endless", port, format!("127.0.0.1:{source}"))],
+        "",
+    ));
+    agent.wait_log("ssh session up", 1, Duration::from_secs(20));
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0usize;
+    while got < 1024 * 1024 {
+        got += client.read(&mut buf).unwrap();
+    }
+    sshd.stop();
+    let end = loop {
+        match client.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got += n,
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "after {got} bytes the transfer ended in {end:?}, not a reset\n{}",
+        agent.log()
+    );
+    agent.wait_log(
+        "ssh session was lost before the server ended",
+        1,
+        Duration::from_secs(5),
+    );
+}

@@ -298,10 +298,18 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
         }
     }
 
-    /// The session is gone: every channel of it is finished.
+    /// The session is gone: every channel of it ends. A connection whose
+    /// server had not finished gets what arrived, then [`SESSION_LOST`]
+    /// instead of the end of the stream.
     pub fn finish_all(&self) {
         let sinks: Vec<_> = self.map().values().cloned().collect();
         for sink in sinks {
+            {
+                let mut state = sink.state();
+                if !state.finished {
+                    state.lost = true;
+                }
+            }
             sink.finish(&self.limits, &self.total);
         }
     }
@@ -333,11 +341,17 @@ pub struct Claimed<K: Copy + Eq + Hash = ChannelId> {
     sink: Arc<Sink>,
 }
 
+/// Why a connection ends when its session ends before its server did.
+pub const SESSION_LOST: &str = "the ssh session was lost before the server ended the connection";
+
 /// What the writer task should do next.
 pub enum Next {
     Write(Bytes),
     /// The server finished and everything was written.
     Done,
+    /// Everything that arrived was written, but the session was lost
+    /// before the server finished ([`SESSION_LOST`]).
+    Lost,
     /// The client left too much unread (the limit it hit).
     Overflow(&'static str),
 }
@@ -367,7 +381,7 @@ impl<K: Copy + Eq + Hash> Claimed<K> {
                     return Next::Write(data);
                 }
                 if state.finished {
-                    return Next::Done;
+                    return if state.lost { Next::Lost } else { Next::Done };
                 }
             }
             notified.await;
@@ -375,8 +389,10 @@ impl<K: Copy + Eq + Hash> Claimed<K> {
     }
 
     /// The connection's writer: write what had to be queued, in order, until
-    /// the server finished (`Ok`, also when the client went away) or the
-    /// client was cut off for leaving too much unread (`Err`, the limit).
+    /// the server finished (`Ok`, also when the client went away), the
+    /// client was cut off for leaving too much unread (`Err`, the limit), or
+    /// the session was lost first (`Err`, [`SESSION_LOST`], once all that
+    /// arrived is written).
     pub async fn write_queued_to(&self, client: &OwnedWriteHalf) -> Result<(), &'static str> {
         loop {
             match self.next().await {
@@ -392,6 +408,7 @@ impl<K: Copy + Eq + Hash> Claimed<K> {
                     }
                 }
                 Next::Done => return Ok(()),
+                Next::Lost => return Err(SESSION_LOST),
                 Next::Overflow(why) => return Err(why),
             }
         }
@@ -494,6 +511,8 @@ struct SinkState {
     /// Size of the chunk the writer task is writing.
     writing: usize,
     finished: bool,
+    /// Finished because the session was lost, not by the server.
+    lost: bool,
     overflow: Option<&'static str>,
     pause_budget_used: Duration,
     /// Bytes the client's socket took, in all.

@@ -563,3 +563,24 @@ async fn a_trickling_reader_costs_the_session_one_budget_and_is_cut() {
     drop((claimed, client));
     trickle.abort();
 }
+
+#[tokio::test]
+async fn a_lost_session_delivers_what_arrived_then_says_so() {
+    let (sinks, _) = sinks(1 << 20, 1 << 20);
+    let (client, mut peer) = pair().await;
+    let cut = sinks.claim(1u32, client.clone());
+    let (done_client, _done_peer) = pair().await;
+    let done = sinks.claim(2u32, done_client.clone());
+    sinks.deliver(1, Bytes::from_static(b"half of it")).await;
+    sinks.deliver(2, Bytes::from_static(b"all of it")).await;
+    // Channel 2's server finished before the session went.
+    sinks.finish(2);
+    sinks.finish_all();
+    assert_eq!(cut.write_queued_to(&client).await, Err(SESSION_LOST));
+    assert_eq!(done.write_queued_to(&done_client).await, Ok(()));
+    drop(cut);
+    drop(client);
+    let mut got = String::new();
+    peer.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "half of it", "what arrived is written first");
+}

@@ -14,6 +14,7 @@ use russh::ChannelWriteHalf;
 use russh::client::Msg;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 
 use super::listener::Counters;
 use super::pool::{Pool, SshHandle};
@@ -100,20 +101,38 @@ pub async fn forward(
     // The sink held the other reference: dropping both shuts the client's
     // write side, so it sees EOF once it has read everything.
     drop(sink);
-    drop(client_write);
     match outcome {
-        // Dropping the upstream stops reading the client.
-        Err(why) => tracing::warn!(forward, ?peer, "closing connection: {why}"),
+        // Cut short (the client left too much unread, or the session was
+        // lost before the server ended the stream): reset, so the client
+        // sees an error, not an EOF that would pass a cut stream off as
+        // whole. The reset goes out when the read half is dropped below.
+        Err(why) => {
+            tracing::warn!(forward, ?peer, "resetting connection: {why}");
+            reset_on_close(client_write);
+        }
         // Whatever the client still sends has nowhere to go once the server
         // side closed; give the upstream a moment to deliver its EOF.
         Ok(()) if !upstream_ended => {
+            drop(client_write);
             let _ = tokio::time::timeout(Duration::from_secs(1), &mut upstream).await;
         }
-        Ok(()) => {}
+        Ok(()) => drop(client_write),
     }
     // Before the close, which needs room in the session's queue itself.
     drop(upstream);
     to_server.close().await;
+}
+
+/// Arrange for the client's socket to close with a reset (RST) rather
+/// than a FIN: no linger, and no shutdown of the write half, which would
+/// send a FIN first. The socket closes when the read half is dropped too.
+fn reset_on_close(client_write: Arc<OwnedWriteHalf>) {
+    // The sink's reference is gone once its claim is dropped; if another
+    // were left, dropping ours closes the connection the usual way.
+    if let Ok(write) = Arc::try_unwrap(client_write) {
+        let _ = write.as_ref().set_zero_linger();
+        write.forget();
+    }
 }
 
 /// Sends CHANNEL_CLOSE when dropped. russh's split write half has no
