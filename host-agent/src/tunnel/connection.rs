@@ -36,7 +36,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// off for leaving too much unread, the session lost, the task dropped at
 /// shutdown) the channel is closed (CHANNEL_CLOSE, so the server closes its
 /// side too) and its sink and budget are given back (dropping the claim).
-/// Bytes each way are added to `counters`.
+/// A connection cut short by the agent (the client cut off, or the session
+/// lost before the server ended the stream) is reset, not closed with an
+/// EOF. Bytes each way are added to `counters`.
 pub async fn forward(
     shared: Arc<PoolWithGrace>,
     client: TcpStream,
@@ -98,8 +100,8 @@ pub async fn forward(
             }
         }
     };
-    // The sink held the other reference: dropping both shuts the client's
-    // write side, so it sees EOF once it has read everything.
+    // The sink held the other reference to the client's write half: from
+    // here ours is the only one, and dropping it shuts that side (EOF).
     drop(sink);
     match outcome {
         // Cut short (the client left too much unread, or the session was
