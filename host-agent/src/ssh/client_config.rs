@@ -1,9 +1,9 @@
 //! Reads an OpenSSH client config (`ssh -F FILE`) the way `ssh` does, for the
 //! keys Lima writes: `Host` blocks with patterns (`*`, `?`, `!negation`),
 //! first obtained value wins (every `IdentityFile` line accumulates), quoted
-//! arguments, `key=value`, `~` and `%d` in paths, and `Ciphers` in its `+`,
-//! `-` and `^` forms, `Match all` / `host` / `originalhost`. Pure: the caller
-//! reads the file.
+//! arguments, `key=value`, `~` and `%d` in paths, `Ciphers` in its `+`,
+//! `-` and `^` forms, `RekeyLimit`, `Match all` / `host` / `originalhost`.
+//! Pure: the caller reads the file.
 //!
 //! A keyword that would change how OpenSSH connects or verifies the host,
 //! but that the agent does not implement (see [`UNSUPPORTED`]), is an error
