@@ -287,10 +287,11 @@ fn enroll(path: &std::path::Path, lifetime: std::time::Duration) -> anyhow::Resu
 /// expectation), then hold the tunnel on a multi-threaded runtime (a
 /// worker per core, or `TOKIO_WORKER_THREADS`, tokio's own variable).
 ///
-/// One worker met `ssh -L`'s new-connection latency where two cost 2-4%
-/// (BENCHMARKS.md, issue 12), but it is not the default: in `tunnel_churn`'s
-/// soak (debug build, 1,000 connections, 100 stalled) one of 15 runs on
-/// one worker lost an SSH session.
+/// One worker is not the default: it met `ssh -L`'s new-connection latency
+/// in some runs (1.00x, where two workers cost 2-4%) but not in a full run
+/// (1.03x), and it caps the agent at one core. (The SSH sessions it once
+/// lost in `tunnel_churn`'s soak were a rekey bug in russh, since fixed,
+/// not the worker count: BENCHMARKS.md, issue 12.)
 fn run_agent(config_path: &std::path::Path) -> anyhow::Result<()> {
     init_tracing();
     let config = portplane_agent::config::AgentConfig::load(config_path)?;
