@@ -7,10 +7,10 @@
 /// `"… [truncated from 5000 bytes]"`.
 pub const TRUNCATED: &str = "… [truncated from";
 
-/// `s` cut to at most `max` bytes (on a character boundary, so UTF-8 stays
-/// whole) and ending in a visible marker with its original length in bytes;
-/// unchanged when it fits. The marker is never cut: when `max` is shorter
-/// than the marker (about 30 bytes) the result is the marker alone.
+/// `s` unchanged when it fits in `max` bytes; otherwise cut (on a character
+/// boundary, so UTF-8 stays whole) and ending in a visible marker with its
+/// original length in bytes, `max` bytes in all, or the marker alone (about
+/// 30 bytes, never cut itself) when `max` is shorter than that.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();

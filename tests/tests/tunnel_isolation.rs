@@ -55,7 +55,18 @@ fn stalled_reader_does_not_stall_an_active_transfer_or_keepalives() {
     // Memory stays bounded: the stalled connection is cut at its buffer
     // limit instead of growing without end.
     agent.wait_log("per-connection buffer unread", 1, Duration::from_secs(10));
-    drop(stalled);
+    // And the client learns it was cut: after what its socket holds, a
+    // reset, not an EOF that would pass the cut stream off as whole.
+    let mut stalled = stalled;
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let end = std::io::copy(&mut stalled, &mut std::io::sink());
+    assert!(
+        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the cut client's stream ended in {end:?}, not a reset\n{}",
+        agent.log()
+    );
 }
 
 /// A download to a slow consumer (`kubectl cp` to a slow disk): the client

@@ -76,7 +76,10 @@ fn a_transfer_cut_by_a_lost_session_ends_in_a_reset_not_an_eof() {
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0usize;
     while got < 1024 * 1024 {
-        got += client.read(&mut buf).unwrap();
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("the download ended after {got} bytes\n{}", agent.log()),
+            Ok(n) => got += n,
+        }
     }
     sshd.stop();
     let end = loop {

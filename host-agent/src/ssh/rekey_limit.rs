@@ -18,9 +18,10 @@ pub struct RekeyLimit {
 impl RekeyLimit {
     /// Parse the arguments after the keyword. `data` is an integer with an
     /// optional `K`, `M` or `G` suffix (powers of 1024), at least 16, or
-    /// `default`; `time` is OpenSSH's time format (`90`, `30m`, `1h30m`;
-    /// suffixes s, m, h, d, w), `none` or `default`. Errors say what was
-    /// expected.
+    /// `default` (as is 0); `time` is OpenSSH's time format (`90`, `30m`,
+    /// `1h30m`; suffixes s, m, h, d, w), `none` or `default` (as is 0).
+    /// Decimal amounts (`1.5G`), which OpenSSH also takes, are refused.
+    /// Errors say what was expected.
     pub fn parse(args: &[String]) -> Result<RekeyLimit, String> {
         let (data, time) = match args {
             [data] => (data, None),
@@ -33,19 +34,18 @@ impl RekeyLimit {
             let bytes = parse_size(data).ok_or_else(|| {
                 format!("expected an amount of data such as 512M, 1G or default, got {data:?}")
             })?;
-            // OpenSSH refuses these too ("RekeyLimit too small").
-            if bytes < 16 {
+            // OpenSSH refuses these too ("RekeyLimit too small"); 0 is its
+            // spelling of the default.
+            if bytes != 0 && bytes < 16 {
                 return Err(format!("expected at least 16 bytes, got {data:?}"));
             }
-            Some(bytes)
+            (bytes != 0).then_some(bytes)
         };
         let time = match time {
             None => None,
             Some(t) if t.eq_ignore_ascii_case("none") || t.eq_ignore_ascii_case("default") => None,
-            Some(t) => Some(
-                parse_time(t)
-                    .ok_or_else(|| format!("expected a time such as 30m, 1h or none, got {t:?}"))?,
-            ),
+            Some(t) => parse_time(t)
+                .ok_or_else(|| format!("expected a time such as 30m, 1h or none, got {t:?}"))?,
         };
         Ok(RekeyLimit { data, time })
     }
@@ -64,8 +64,9 @@ fn parse_size(s: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
-/// OpenSSH's `convtime`: digits each followed by an optional unit, summed.
-fn parse_time(s: &str) -> Option<Duration> {
+/// OpenSSH's `convtime`: digits each followed by an optional unit, summed;
+/// `Some(None)` for 0 (no time limit), `None` when malformed.
+fn parse_time(s: &str) -> Option<Option<Duration>> {
     let mut total: u64 = 0;
     let mut digits = String::new();
     for c in s.chars() {
@@ -87,7 +88,10 @@ fn parse_time(s: &str) -> Option<Duration> {
     if !digits.is_empty() {
         total = total.checked_add(digits.parse().ok()?)?;
     }
-    (total > 0).then(|| Duration::from_secs(total))
+    if s.is_empty() {
+        return None;
+    }
+    Some((total > 0).then(|| Duration::from_secs(total)))
 }
 
 #[cfg(test)]
@@ -128,6 +132,8 @@ mod tests {
                 time: None
             })
         );
+        // OpenSSH's zeros: the default amount, no time limit.
+        assert_eq!(parse(&["0", "0"]), Ok(RekeyLimit::default()));
     }
 
     #[test]
@@ -146,5 +152,7 @@ mod tests {
         assert!(parse(&[]).unwrap_err().contains("data [time]"));
         assert!(parse(&["1G", "1h", "x"]).unwrap_err().contains("3 values"));
         assert!(parse(&["99999999999999G"]).is_err(), "overflow is an error");
+        assert!(parse(&["1G", ""]).is_err(), "an empty time is an error");
+        assert!(parse(&["1.5G"]).is_err(), "decimal amounts are refused");
     }
 }

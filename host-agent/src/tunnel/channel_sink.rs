@@ -294,23 +294,17 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     pub fn finish(&self, id: K) {
         let sink = self.map().get(&id).cloned();
         if let Some(sink) = sink {
-            sink.finish(&self.limits, &self.total);
+            sink.finish(&self.limits, &self.total, false);
         }
     }
 
     /// The session is gone: every channel of it ends. A connection whose
-    /// server had not finished gets what arrived, then [`SESSION_LOST`]
-    /// instead of the end of the stream.
+    /// server had not finished is written what arrived, then ends with
+    /// [`SESSION_LOST`] instead of the end of the stream.
     pub fn finish_all(&self) {
         let sinks: Vec<_> = self.map().values().cloned().collect();
         for sink in sinks {
-            {
-                let mut state = sink.state();
-                if !state.finished {
-                    state.lost = true;
-                }
-            }
-            sink.finish(&self.limits, &self.total);
+            sink.finish(&self.limits, &self.total, true);
         }
     }
 
@@ -349,8 +343,8 @@ pub enum Next {
     Write(Bytes),
     /// The server finished and everything was written.
     Done,
-    /// Everything that arrived was written, but the session was lost
-    /// before the server finished ([`SESSION_LOST`]).
+    /// Everything that arrived was handed to the client's socket, but the
+    /// session was lost before the server finished ([`SESSION_LOST`]).
     Lost,
     /// The client left too much unread (the limit it hit).
     Overflow(&'static str),
@@ -392,7 +386,7 @@ impl<K: Copy + Eq + Hash> Claimed<K> {
     /// the server finished (`Ok`, also when the client went away), the
     /// client was cut off for leaving too much unread (`Err`, the limit), or
     /// the session was lost first (`Err`, [`SESSION_LOST`], once all that
-    /// arrived is written).
+    /// arrived is handed to the client's socket).
     pub async fn write_queued_to(&self, client: &OwnedWriteHalf) -> Result<(), &'static str> {
         loop {
             match self.next().await {
@@ -636,7 +630,12 @@ impl Sink {
             return;
         };
         let slices: Vec<IoSlice<'_>> = staged.iter().map(|b| IoSlice::new(b)).collect();
-        let mut written = match client.try_write_vectored(&slices) {
+        let wrote = client.try_write_vectored(&slices);
+        // Before the lock is released: once the claim is dropped, the
+        // connection task must hold the only reference (it resets a client
+        // it cut short by closing that one).
+        drop(client);
+        let mut written = match wrote {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
             // The client is gone; its writer task ends the connection.
@@ -682,9 +681,14 @@ impl Sink {
 
     /// Nothing more will come: write (or queue) what is staged, then let
     /// the writer task end the connection once the queue is written.
-    fn finish(&self, limits: &Limits, total: &Buffered) {
+    /// `session_lost`: because the session ended, not the server (unless
+    /// the server had finished already).
+    fn finish(&self, limits: &Limits, total: &Buffered, session_lost: bool) {
         self.flush(limits, total, false);
-        self.state().finished = true;
+        let mut state = self.state();
+        state.lost |= session_lost && !state.finished;
+        state.finished = true;
+        drop(state);
         self.wake.notify_one();
         self.drained.notify_waiters();
     }

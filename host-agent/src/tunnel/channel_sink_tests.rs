@@ -569,7 +569,7 @@ async fn a_lost_session_delivers_what_arrived_then_says_so() {
     let (sinks, _) = sinks(1 << 20, 1 << 20);
     let (client, mut peer) = pair().await;
     let cut = sinks.claim(1u32, client.clone());
-    let (done_client, _done_peer) = pair().await;
+    let (done_client, mut done_peer) = pair().await;
     let done = sinks.claim(2u32, done_client.clone());
     sinks.deliver(1, Bytes::from_static(b"half of it")).await;
     sinks.deliver(2, Bytes::from_static(b"all of it")).await;
@@ -583,4 +583,9 @@ async fn a_lost_session_delivers_what_arrived_then_says_so() {
     let mut got = String::new();
     peer.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "half of it", "what arrived is written first");
+    drop(done);
+    drop(done_client);
+    let mut whole = String::new();
+    done_peer.read_to_string(&mut whole).await.unwrap();
+    assert_eq!(whole, "all of it", "a finished stream ends as usual");
 }

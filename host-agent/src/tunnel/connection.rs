@@ -128,12 +128,18 @@ pub async fn forward(
 /// Arrange for the client's socket to close with a reset (RST) rather
 /// than a FIN: no linger, and no shutdown of the write half, which would
 /// send a FIN first. The socket closes when the read half is dropped too.
+/// With no linger, what the socket had not sent yet is dropped: a client
+/// far behind loses that tail, and sees the reset either way.
 fn reset_on_close(client_write: Arc<OwnedWriteHalf>) {
-    // The sink's reference is gone once its claim is dropped; if another
-    // were left, dropping ours closes the connection the usual way.
-    if let Ok(write) = Arc::try_unwrap(client_write) {
-        let _ = write.as_ref().set_zero_linger();
-        write.forget();
+    // The sink's reference is gone once its claim is dropped (it never
+    // keeps a copy past its lock); if one were left, dropping ours closes
+    // the connection the usual way.
+    match Arc::try_unwrap(client_write) {
+        Ok(write) => {
+            let _ = write.as_ref().set_zero_linger();
+            write.forget();
+        }
+        Err(_) => tracing::debug!("client write half still shared; closing with an EOF"),
     }
 }
 

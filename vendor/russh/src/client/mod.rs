@@ -94,7 +94,7 @@ pub struct Session {
     channels: HashMap<ChannelId, ChannelRef>,
     target_window_size: u32,
     pending_reads: Vec<Vec<u8>>,
-    pending_len: u32,
+    pending_len: u64,
     /// Most bytes of non-transport messages the server may send after our
     /// KEXINIT, before it has seen it: set by `begin_rekey`.
     pending_allowance: u64,
@@ -2017,8 +2017,8 @@ async fn reply<H: Handler>(
                 if kex.peer_kexinit_received() {
                     return Err(crate::Error::Inconsistent.into());
                 }
-                session.pending_len = session.pending_len.saturating_add(pkt.buffer.len() as u32);
-                if u64::from(session.pending_len) > session.pending_allowance {
+                session.pending_len = session.pending_len.saturating_add(pkt.buffer.len() as u64);
+                if session.pending_len > session.pending_allowance {
                     return Err(crate::Error::Pending.into());
                 }
             }
