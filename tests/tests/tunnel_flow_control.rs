@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, listen_port, source_server};
+use tunnel_support::{Agent, config_for, listen_port, one_session, source_server};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -23,10 +23,11 @@ fn sshd_gets_window_in_small_steps_as_ssh_gives_it() {
     let total = 16 * MIB;
     let source = source_server(Some(total));
     let port = listen_port();
-    let agent = Agent::start(
-        &config_for(&sshd, &[("bulk", port, format!("127.0.0.1:{source}"))], "")
-            .replace("[ssh]\n", "[ssh]\nsessions = 1\n"),
-    );
+    let agent = Agent::start(&one_session(&config_for(
+        &sshd,
+        &[("bulk", port, format!("127.0.0.1:{source}"))],
+        "",
+    )));
     agent.wait_log("ssh session up", 1, Duration::from_secs(20));
 
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use portplane_e2e::sshd::Sshd;
 use tunnel_support::{
     Agent, answer_after_eof_server, config_for, echo_agent, echo_once, echo_server, listen_port,
-    source_server, wait_echo,
+    one_session, source_server, wait_echo,
 };
 
 #[test]
@@ -24,18 +24,15 @@ fn stalled_reader_does_not_stall_an_active_transfer_or_keepalives() {
     let echo = echo_server();
     let (stall_port, bulk_port, echo_port) = (listen_port(), listen_port(), listen_port());
     // One session: the stalled channel and the transfer share it.
-    let agent = Agent::start(
-        &config_for(
-            &sshd,
-            &[
-                ("stall", stall_port, format!("127.0.0.1:{endless}")),
-                ("bulk", bulk_port, format!("127.0.0.1:{finite}")),
-                ("echo", echo_port, format!("127.0.0.1:{echo}")),
-            ],
-            "",
-        )
-        .replace("[ssh]\n", "[ssh]\nsessions = 1\n"),
-    );
+    let agent = Agent::start(&one_session(&config_for(
+        &sshd,
+        &[
+            ("stall", stall_port, format!("127.0.0.1:{endless}")),
+            ("bulk", bulk_port, format!("127.0.0.1:{finite}")),
+            ("echo", echo_port, format!("127.0.0.1:{echo}")),
+        ],
+        "",
+    )));
     wait_echo(&agent, echo_port, Duration::from_secs(20));
 
     // Connect and never read: the server keeps sending into the tunnel.
@@ -79,17 +76,14 @@ fn slow_reader_is_slowed_down_not_cut_off() {
     let finite = source_server(Some(total));
     let echo = echo_server();
     let (slow_port, echo_port) = (listen_port(), listen_port());
-    let agent = Agent::start(
-        &config_for(
-            &sshd,
-            &[
-                ("slow", slow_port, format!("127.0.0.1:{finite}")),
-                ("echo", echo_port, format!("127.0.0.1:{echo}")),
-            ],
-            "",
-        )
-        .replace("[ssh]\n", "[ssh]\nsessions = 1\n"),
-    );
+    let agent = Agent::start(&one_session(&config_for(
+        &sshd,
+        &[
+            ("slow", slow_port, format!("127.0.0.1:{finite}")),
+            ("echo", echo_port, format!("127.0.0.1:{echo}")),
+        ],
+        "",
+    )));
     wait_echo(&agent, echo_port, Duration::from_secs(20));
     // ~12 MB/s: a few hundredths of what the tunnel moves, for ~4 s, four
     // times the agent's 1 s pause budget.

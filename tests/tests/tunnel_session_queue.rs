@@ -24,7 +24,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, echo_once, echo_server, listen_port, wait_echo};
+use tunnel_support::{
+    Agent, config_for, echo_once, echo_server, listen_port, one_session, wait_echo,
+};
 
 /// Clients whose server ends first. More than the queue's 10 plus those the
 /// session gets through between the two pauses, so that at least ten are
@@ -39,18 +41,15 @@ fn connections_ended_while_the_session_is_paused_give_back_their_place_in_its_qu
     let echo = echo_server();
     let (early_listen, flood_listen, echo_listen) = (listen_port(), listen_port(), listen_port());
     // One session: every connection shares its queue.
-    let agent = Agent::start(
-        &config_for(
-            &sshd,
-            &[
-                ("echo", echo_listen, format!("127.0.0.1:{echo}")),
-                ("early", early_listen, format!("127.0.0.1:{early_port}")),
-                ("flood", flood_listen, format!("127.0.0.1:{}", flood.port)),
-            ],
-            "",
-        )
-        .replace("[ssh]\n", "[ssh]\nsessions = 1\n"),
-    );
+    let agent = Agent::start(&one_session(&config_for(
+        &sshd,
+        &[
+            ("echo", echo_listen, format!("127.0.0.1:{echo}")),
+            ("early", early_listen, format!("127.0.0.1:{early_port}")),
+            ("flood", flood_listen, format!("127.0.0.1:{}", flood.port)),
+        ],
+        "",
+    )));
     wait_echo(&agent, echo_listen, Duration::from_secs(20));
 
     // Two clients that will never read; their server waits for the signal.

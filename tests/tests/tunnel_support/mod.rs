@@ -119,6 +119,12 @@ pub fn config_for(sshd: &Sshd, forwards: &[(&str, u16, String)], extra: &str) ->
     text
 }
 
+/// `config` (from [`config_for`]) with a pool of one SSH session, so that
+/// every connection of the test shares it: its queue, its pauses, its keys.
+pub fn one_session(config: &str) -> String {
+    config.replace("[ssh]\n", "[ssh]\nsessions = 1\n")
+}
+
 /// [`config_for`] with one forward, the agent named `name`, and a
 /// `[controller]` section: `endpoint` (`host:port`, plaintext on loopback),
 /// the token file, the inventory cache in `dir`, and `extra` (TOML lines of
