@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, listen_port, one_session, source_server};
+use tunnel_support::one_session_source_agent;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -21,14 +21,7 @@ const MIB: u64 = 1024 * 1024;
 fn sshd_gets_window_in_small_steps_as_ssh_gives_it() {
     let sshd = Sshd::start_with_log_level("DEBUG2").unwrap();
     let total = 16 * MIB;
-    let source = source_server(Some(total));
-    let port = listen_port();
-    let agent = Agent::start(&one_session(&config_for(
-        &sshd,
-        &[("bulk", port, format!("127.0.0.1:{source}"))],
-        "",
-    )));
-    agent.wait_log("ssh session up", 1, Duration::from_secs(20));
+    let (agent, port) = one_session_source_agent(&sshd, Some(total));
 
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     client

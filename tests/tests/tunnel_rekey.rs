@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, listen_port, one_session, source_server};
+use tunnel_support::one_session_source_agent;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -29,15 +29,8 @@ fn keys_are_renewed_under_load_without_losing_the_session() {
         .unwrap();
     writeln!(ssh_config, "  RekeyLimit 4M").unwrap();
     let total = 48 * MIB;
-    let source = source_server(Some(total));
-    let port = listen_port();
     // One session: every transfer, and every key exchange, on it.
-    let agent = Agent::start(&one_session(&config_for(
-        &sshd,
-        &[("bulk", port, format!("127.0.0.1:{source}"))],
-        "",
-    )));
-    agent.wait_log("ssh session up", 1, Duration::from_secs(20));
+    let (agent, port) = one_session_source_agent(&sshd, Some(total));
 
     let downloads: Vec<_> = (0..4)
         .map(|_| {

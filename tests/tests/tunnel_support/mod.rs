@@ -233,6 +233,21 @@ pub fn echo_agent(sshd: &Sshd, ssh_extra: &str) -> (Agent, u16) {
     (agent, port)
 }
 
+/// An agent with one SSH session and one forward, "bulk", to a fresh
+/// [`source_server`] sending `bytes` to each client; returned with the
+/// forward's port once the session is up.
+pub fn one_session_source_agent(sshd: &Sshd, bytes: Option<u64>) -> (Agent, u16) {
+    let source = source_server(bytes);
+    let port = listen_port();
+    let agent = Agent::start(&one_session(&config_for(
+        sshd,
+        &[("bulk", port, format!("127.0.0.1:{source}"))],
+        "",
+    )));
+    agent.wait_log("ssh session up", 1, Duration::from_secs(20));
+    (agent, port)
+}
+
 /// Wait until an echo through the tunnel succeeds.
 pub fn wait_echo(agent: &Agent, port: u16, timeout: Duration) {
     wait_until(
