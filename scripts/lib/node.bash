@@ -166,11 +166,40 @@ evictionHard: {memory.available: "0%", nodefs.available: "0%", imagefs.available
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+podLogsDir: $dir/pods
 EOF
+  # One kubelet starts at a time, on this whole machine (see DEVICE_PLUGIN_SOCKET).
+  local lock
+  exec {lock}>"${TMPDIR:-/tmp}/portplane-kubelet-start.lock"
+  flock -w 120 "$lock" || die "another kubelet held ${TMPDIR:-/tmp}/portplane-kubelet-start.lock for 120 s"
+  local made
+  for made in "${KUBELET_HOST_DIRS[@]}"; do
+    [[ -d $made ]] || grep -qxF "$made" "$state/made-host-dirs" 2>/dev/null || echo "$made" >>"$state/made-host-dirs"
+  done
+  rm -f "$DEVICE_PLUGIN_SOCKET"
+  # The lock's descriptor stays out of the kubelet, which would otherwise hold it for life.
   start "kubelet-$i" "$bindir/kubelet" --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
     --root-dir "$dir/kubelet" --cert-dir "$dir/kubelet/pki" \
-    --hostname-override "$(node_name "$i")" --cloud-provider external --v=0
+    --hostname-override "$(node_name "$i")" --cloud-provider external --v=0 {lock}>&-
+  wait_for "$state/kubelet-$i.pid" 60 test -S "$DEVICE_PLUGIN_SOCKET" || failed "kubelet-$i"
+  exec {lock}>&-
 }
+
+# Every kubelet serves device-plugin registration on this one path, whatever
+# its --root-dir (Kubernetes' pluginapi.KubeletSocket). Starting, a kubelet
+# removes the sockets there, then listens; two kubelets starting together can
+# both remove, and the later listen fails ("bind: address already in use"),
+# which stops that kubelet's container manager: the node never gets Ready.
+# Once a kubelet listens, a later one removing its socket costs nothing here
+# (no device plugins). So kubelet_up starts them one at a time under a lock
+# and waits for each one's socket.
+DEVICE_PLUGIN_SOCKET=/var/lib/kubelet/device-plugins/kubelet.sock
+
+# What kubelet makes outside "$state" whatever its flags: the folder of
+# DEVICE_PLUGIN_SOCKET, and /var/log/containers, where it links each
+# container's log (Kubernetes' ContainerLogsDir). Pod logs themselves go
+# under the node's folder (podLogsDir).
+KUBELET_HOST_DIRS=(/var/lib/kubelet /var/lib/kubelet/device-plugins /var/log/containers)
 
 # kubelet refuses a loopback --node-ip ("nodeIP can't be loopback address"),
 # and without an address hostNetwork pods get no IP. So each kubelet runs
@@ -223,6 +252,23 @@ nodes_down() {
     remove_cgroups "$i"
     unmount_under "$(node_dir "$i")"
   done
+  remove_kubelet_host_state
+}
+
+# Remove what kubelet made outside "$state" (KUBELET_HOST_DIRS): our
+# containers' log links always; the device-plugin files and the folders this
+# cluster made only once no kubelet is left to use them. rmdir keeps a folder
+# that holds anything else.
+remove_kubelet_host_state() {
+  find /var/log/containers -maxdepth 1 -type l -lname "$state/*" -delete 2>/dev/null || true
+  [[ -f $state/made-host-dirs ]] || return 0
+  pgrep -x kubelet >/dev/null && return 0
+  rm -f "$DEVICE_PLUGIN_SOCKET" /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
+  local dir
+  while IFS= read -r dir; do
+    rmdir "$dir" 2>/dev/null || log "left $dir: it holds more than kubelet made for this cluster"
+  done < <(sort -r "$state/made-host-dirs")
+  rm -f "$state/made-host-dirs"
 }
 
 remove_cgroups() { # node
