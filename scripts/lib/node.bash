@@ -170,8 +170,9 @@ podLogsDir: $dir/pods
 EOF
   # One kubelet starts at a time, on this whole machine (see DEVICE_PLUGIN_SOCKET).
   local lock
-  exec {lock}>"${TMPDIR:-/tmp}/portplane-kubelet-start.lock"
-  flock -w 120 "$lock" || die "another kubelet held ${TMPDIR:-/tmp}/portplane-kubelet-start.lock for 120 s"
+  mkdir -p "$cache"
+  exec {lock}>"$cache/kubelet-start.lock"
+  flock -w 120 "$lock" || die "another kubelet held $cache/kubelet-start.lock for 120 s"
   local made
   for made in "${KUBELET_HOST_DIRS[@]}"; do
     [[ -d $made ]] || grep -qxF "$made" "$state/made-host-dirs" 2>/dev/null || echo "$made" >>"$state/made-host-dirs"
