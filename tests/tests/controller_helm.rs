@@ -25,6 +25,7 @@ fn values(tailnet: &str) -> String {
 
 #[test]
 fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
+    let host_before = kubelet_host_state();
     let plane = ControlPlane::start_with_nodes(2).unwrap_or_else(|e| panic!("{e:#}"));
 
     // Both nodes registered and Ready, at the pinned Kubernetes version.
@@ -68,6 +69,11 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
     for pod in &pods {
         assert_eq!(helm.get(pod, "/readyz").map(|(code, _)| code), Some(200));
     }
+    // Their logs are kept under the node's own folder (podLogsDir).
+    let node_logs = std::fs::read_dir(plane.state_dir().join("node-1/pods"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(node_logs > 0, "no pod logs under node-1/pods");
 
     // The scenario, against the in-cluster controller and its own
     // ServiceAccount: annotate, re-annotate, conflict, un-annotate.
@@ -294,6 +300,30 @@ fn helm_installed_controller_runs_on_real_nodes_and_hands_over() {
         .kubectl_output(&["get", "crd", "operatorports.portplane.dev"])
         .unwrap();
     assert!(s.oport("helm.web.80").is_some());
+
+    // Stopped, the nodes leave nothing of theirs outside the state folder:
+    // no container log links or pod logs, and no /var/lib/kubelet (kubelet's
+    // device-plugin socket) unless it was there before.
+    plane.stop();
+    let host_after = kubelet_host_state();
+    assert!(
+        host_before.0 || !host_after.0,
+        "/var/lib/kubelet was made by the nodes and left after `cluster down`"
+    );
+    let left: Vec<_> = host_after.1.difference(&host_before.1).collect();
+    assert!(left.is_empty(), "left outside the state folder: {left:?}");
+}
+
+/// Whether /var/lib/kubelet exists, and the entries of /var/log/containers
+/// and /var/log/pods: where a kubelet writes whatever its --root-dir.
+fn kubelet_host_state() -> (bool, std::collections::BTreeSet<std::path::PathBuf>) {
+    let mut entries = std::collections::BTreeSet::new();
+    for dir in ["/var/log/containers", "/var/log/pods"] {
+        if let Ok(read) = std::fs::read_dir(dir) {
+            entries.extend(read.flatten().map(|e| e.path()));
+        }
+    }
+    (std::path::Path::new("/var/lib/kubelet").exists(), entries)
 }
 
 /// One report of agent "panda" to `pod` over TLS (the chart's CA; the
