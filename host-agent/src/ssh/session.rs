@@ -259,40 +259,12 @@ impl AsyncRead for SshSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let reads_socket = this.inner.buffer().is_empty();
-        if reads_socket {
+        if this.inner.buffer().is_empty() {
             this.sinks.flush_staged();
         }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if reads_socket && matches!(polled, Poll::Ready(Ok(()))) {
-            let read = buf.filled().len() - before + this.inner.buffer().len();
-            if read > 0 && read < SMALL_READ {
-                ack_now(this.inner.get_ref());
-            }
-        }
-        polled
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
-
-/// A read of the SSH socket this short carried request/reply traffic, not
-/// a bulk transfer (which fills the read-ahead).
-const SMALL_READ: usize = 16 * 1024;
-
-/// ACK what was just read now instead of up to 40 ms later. sshd sets
-/// `TCP_NODELAY` only on sessions with a pty, so on a forwarding session
-/// Nagle's algorithm holds its next small packet until the last one is
-/// ACKed; with Linux's delayed ACK that cost new Kubernetes connections a
-/// p99 of ~88 ms on one session, for `ssh -L` too (BENCHMARKS.md, issue 12).
-/// `TCP_QUICKACK` is not sticky (tcp(7)), so it is re-armed after each small
-/// read. Linux only: other systems have no such option.
-#[cfg(target_os = "linux")]
-fn ack_now(socket: &TcpStream) {
-    let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
-}
-
-#[cfg(not(target_os = "linux"))]
-fn ack_now(_: &TcpStream) {}
 
 impl AsyncWrite for SshSocket {
     fn poll_write(
