@@ -804,12 +804,23 @@ fn start_ssh(sshd: &Sshd, targets: Ports) -> anyhow::Result<Tunnel> {
         "ControlMaster=no",
         "-o",
         "ExitOnForwardFailure=yes",
-        "-N",
     ]);
+    // BENCH_SSH_COMMAND=cat: run a command on the server instead of `-N`.
+    // sshd turns on TCP_NODELAY once a session channel runs something, never
+    // for a connection that only forwards (the agent's case); this shows what
+    // Nagle's algorithm at sshd costs. ssh's stdin is then a pipe held by
+    // the child handle, so `cat` ends when the bench does.
+    let command = std::env::var("BENCH_SSH_COMMAND").ok();
+    ssh.stdin(Stdio::null());
+    if command.is_some() {
+        ssh.stdin(Stdio::piped());
+    } else {
+        ssh.arg("-N");
+    }
     for (_, listen, target) in ports.forwards(targets) {
         ssh.args(["-L", &format!("127.0.0.1:{listen}:127.0.0.1:{target}")]);
     }
-    let child = ssh.arg(sshd.host_alias()).stdin(Stdio::null()).spawn()?;
+    let child = ssh.arg(sshd.host_alias()).args(command).spawn()?;
     Ok(Tunnel {
         label: "ssh -L (OpenSSH)",
         proc: Guard(child),
