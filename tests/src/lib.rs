@@ -45,10 +45,10 @@ pub fn free_port() -> std::io::Result<u16> {
     let start = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     for i in 0..span {
         // In range: the remainder is below `span`, which fits in a u16.
         let port = FLOOR + ((start.wrapping_add(i)) % span) as u16;
-        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
         if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             handed_out.insert(port);
             return Ok(port);

@@ -811,11 +811,10 @@ fn start_ssh(sshd: &Sshd, targets: Ports) -> anyhow::Result<Tunnel> {
     // Nagle's algorithm at sshd costs. ssh's stdin is then a pipe held by
     // the child handle, so `cat` ends when the bench does.
     let command = std::env::var("BENCH_SSH_COMMAND").ok();
-    ssh.stdin(Stdio::null());
     if command.is_some() {
         ssh.stdin(Stdio::piped());
     } else {
-        ssh.arg("-N");
+        ssh.stdin(Stdio::null()).arg("-N");
     }
     for (_, listen, target) in ports.forwards(targets) {
         ssh.args(["-L", &format!("127.0.0.1:{listen}:127.0.0.1:{target}")]);
