@@ -16,12 +16,11 @@ pub struct RekeyLimit {
 }
 
 impl RekeyLimit {
-    /// Parse the arguments after the keyword. `data` is an integer with an
-    /// optional `K`, `M` or `G` suffix (powers of 1024), at least 16, or
-    /// `default` (as is 0); `time` is OpenSSH's time format (`90`, `30m`,
-    /// `1h30m`; suffixes s, m, h, d, w), `none` or `default` (as is 0).
-    /// Decimal amounts (`1.5G`), which OpenSSH also takes, are refused.
-    /// Errors say what was expected.
+    /// Parse the arguments after the keyword. `data` is an amount as
+    /// OpenSSH reads it (`512M`, `1.5G`, `4096`: see `parse_size`), at
+    /// least 16 bytes, or `default` (as is 0); `time` is OpenSSH's time
+    /// format (`90`, `30m`, `1h30m`; suffixes s, m, h, d, w), `none` or
+    /// `default` (as is 0). Errors say what was expected.
     pub fn parse(args: &[String]) -> Result<RekeyLimit, String> {
         let (data, time) = match args {
             [data] => (data, None),
@@ -32,7 +31,7 @@ impl RekeyLimit {
             None
         } else {
             let bytes = parse_size(data).ok_or_else(|| {
-                format!("expected an amount of data such as 512M, 1G or default, got {data:?}")
+                format!("expected an amount of data such as 512M, 1.5G or default, got {data:?}")
             })?;
             // OpenSSH refuses these too ("RekeyLimit too small"); 0 is its
             // spelling of the default.
@@ -51,17 +50,39 @@ impl RekeyLimit {
     }
 }
 
+/// OpenSSH's `scan_scaled` (fmt_scaled.c), which readconf.c uses for
+/// `RekeyLimit`: digits with at most one `.`, then an optional unit B, K, M,
+/// G, T, P or E (powers of 1024, either case). A fraction counts only with
+/// a unit (`1.5G`, `.5K`), and is truncated to whole bytes; without one it
+/// is dropped (`100.7` is 100), as OpenSSH does. `None` when malformed or
+/// past `u64`.
 fn parse_size(s: &str) -> Option<u64> {
-    let (digits, scale) = match s.char_indices().last()? {
-        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&s[..i], 1 << 20),
-        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+    let (number, scale) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let power = "BKMGTPE".find(c.to_ascii_uppercase())?;
+            (&s[..i], 1u128 << (10 * power))
+        }
         _ => (s, 1),
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + fraction.len() == 0 || !digits(whole) || !digits(fraction) {
         return None;
     }
-    digits.parse::<u64>().ok()?.checked_mul(scale)
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    // OpenSSH keeps at most 19 digits of the fraction.
+    let fraction = &fraction[..fraction.len().min(19)];
+    let bytes = if scale == 1 || fraction.is_empty() {
+        whole.checked_mul(scale)?
+    } else {
+        let numerator: u128 = fraction.parse().ok()?;
+        whole.checked_mul(scale)? + numerator * scale / 10u128.pow(fraction.len() as u32)
+    };
+    u64::try_from(bytes).ok()
 }
 
 /// OpenSSH's `convtime`: digits each followed by an optional unit, summed;
@@ -141,7 +162,7 @@ mod tests {
         assert!(
             parse(&["lots"])
                 .unwrap_err()
-                .contains("512M, 1G or default")
+                .contains("512M, 1.5G or default")
         );
         assert!(parse(&["8"]).unwrap_err().contains("at least 16 bytes"));
         assert!(
@@ -153,6 +174,29 @@ mod tests {
         assert!(parse(&["1G", "1h", "x"]).unwrap_err().contains("3 values"));
         assert!(parse(&["99999999999999G"]).is_err(), "overflow is an error");
         assert!(parse(&["1G", ""]).is_err(), "an empty time is an error");
-        assert!(parse(&["1.5G"]).is_err(), "decimal amounts are refused");
+        assert!(
+            parse(&["1.5"]).unwrap_err().contains("at least 16 bytes"),
+            "no unit: 1"
+        );
+        for bad in [
+            "1..5G", "1.5.G", "G", ".", "1X", "1GB", "-1G", "1.5e3", "16E",
+        ] {
+            assert!(parse(&[bad]).is_err(), "{bad} was taken");
+        }
+    }
+
+    /// OpenSSH's `scan_scaled`: fractions with a unit, truncated to bytes;
+    /// without a unit the fraction is dropped.
+    #[test]
+    fn decimal_amounts_as_openssh_reads_them() {
+        let data = |s: &str| parse(&[s]).map(|l| l.data);
+        assert_eq!(data("1.5G"), Ok(Some(3 << 29)));
+        assert_eq!(data("0.5k"), Ok(Some(512)));
+        assert_eq!(data(".25M"), Ok(Some(256 << 10)));
+        assert_eq!(data("1.0001K"), Ok(Some(1024)), "truncated");
+        assert_eq!(data("100.7"), Ok(Some(100)));
+        assert_eq!(data("64B"), Ok(Some(64)));
+        assert_eq!(data("2T"), Ok(Some(2 << 40)));
+        assert_eq!(data("15E"), Ok(Some(15 << 60)));
     }
 }
