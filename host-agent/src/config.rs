@@ -177,6 +177,12 @@ pub struct SshSection {
     /// kube new connection p99). Defaults to the core count (at most 4).
     #[serde(default = "default_sessions")]
     pub sessions: usize,
+    /// Run `true` once per session so that sshd sends small packets at once
+    /// (sshd turns on TCP_NODELAY only for sessions that run a command;
+    /// without it a TLS handshake can stall 40-90 ms). Set `false` for a
+    /// server where a command must not run (a `ForceCommand` runs instead).
+    #[serde(default = "default_true")]
+    pub sshd_tcp_nodelay: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -485,6 +491,7 @@ impl Default for SshSection {
             max_backoff: default_max_backoff(),
             outage_grace: default_connect_grace(),
             sessions: default_sessions(),
+            sshd_tcp_nodelay: true,
         }
     }
 }
@@ -641,6 +648,13 @@ mod tests {
         assert_eq!(talos.target.to_string(), "10.5.0.2:50000");
         assert_eq!(c.talosconfig.node, "10.5.0.2");
         assert!(c.controller.is_none());
+        assert!(c.ssh.sshd_tcp_nodelay, "asked for unless turned off");
+        assert!(
+            !parse("[ssh]\nsshd_tcp_nodelay = false\n")
+                .unwrap()
+                .ssh
+                .sshd_tcp_nodelay
+        );
     }
 
     #[test]

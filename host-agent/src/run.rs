@@ -170,6 +170,7 @@ pub fn session_tuning(config: &AgentConfig, handshake_timeout: Duration) -> Sess
         handshake_timeout,
         limits: Limits::default(),
         buffered: Arc::new(Buffered::default()),
+        sshd_tcp_nodelay: config.ssh.sshd_tcp_nodelay,
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Sshd {
     user: String,
     /// sshd_config(5) `LogLevel`.
     log_level: &'static str,
+    /// More sshd_config(5) lines, appended.
+    extra_config: &'static str,
 }
 
 impl Sshd {
@@ -35,15 +37,25 @@ impl Sshd {
     /// and packet size the client offered; at DEBUG2, each window adjustment
     /// it receives ("channel N: rcvd adjust BYTES").
     pub fn start_with_log_level(level: &'static str) -> anyhow::Result<Sshd> {
-        Self::start_at(free_port()?, level)
+        Self::start_at(free_port()?, level, "")
+    }
+
+    /// [`Sshd::start_with_log_level`], with `extra` (sshd_config(5) lines,
+    /// each ending in a newline) appended to the test config.
+    pub fn start_with_config(level: &'static str, extra: &'static str) -> anyhow::Result<Sshd> {
+        Self::start_at(free_port()?, level, extra)
     }
 
     /// Start sshd on the given loopback port.
     pub fn start_on(port: u16) -> anyhow::Result<Sshd> {
-        Self::start_at(port, "INFO")
+        Self::start_at(port, "INFO", "")
     }
 
-    fn start_at(port: u16, log_level: &'static str) -> anyhow::Result<Sshd> {
+    fn start_at(
+        port: u16,
+        log_level: &'static str,
+        extra_config: &'static str,
+    ) -> anyhow::Result<Sshd> {
         let sshd = sshd_path()?;
         let dir = tempfile::Builder::new()
             .prefix("portplane-sshd-")
@@ -55,6 +67,7 @@ impl Sshd {
             child: None,
             user,
             log_level,
+            extra_config,
         };
         me.generate_keys()?;
         me.write_sshd_config()?;
@@ -224,9 +237,11 @@ impl Sshd {
              PrintMotd no\n\
              MaxStartups 200:30:400\n\
              MaxSessions 100\n\
-             LogLevel {level}\n",
+             LogLevel {level}\n\
+             {extra}",
             port = self.port,
             level = self.log_level,
+            extra = self.extra_config,
         );
         std::fs::write(self.sshd_config_path(), config)?;
         Ok(())

@@ -77,6 +77,9 @@ pub struct SessionTuning {
     pub limits: Limits,
     /// Agent-wide count of such data, shared by every session.
     pub buffered: Arc<Buffered>,
+    /// Run a no-op command once per session so that sshd turns on
+    /// TCP_NODELAY (see `ssh::nodelay`).
+    pub sshd_tcp_nodelay: bool,
 }
 
 /// Most bytes of a server's disconnect message that are logged: it comes

@@ -213,6 +213,23 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
         }
     }
 
+    /// Channel `id` carries no forwarded connection (the session channel of
+    /// `ssh::nodelay`): its data is dropped, as for a connection that ended
+    /// before anything arrived. Call it before the channel can carry data.
+    pub fn ignore(&self, id: K) {
+        let mut map = self.map();
+        let sink = map
+            .entry(id)
+            .or_insert_with(|| Arc::new(Sink::default()))
+            .clone();
+        let mut state = sink.state();
+        state.released = true;
+        // As for a dropped claim: before the confirmation, `open` removes it.
+        if state.confirmed {
+            map.remove(&id);
+        }
+    }
+
     /// Channels that currently have a sink (open, or claimed and not yet
     /// confirmed); 0 once every connection has ended.
     pub fn len(&self) -> usize {

@@ -375,6 +375,23 @@ async fn a_claim_released_before_the_confirmation_leaves_nothing_behind() {
     assert_eq!(buffered.get(), 0);
 }
 
+/// The session channel that asks sshd for TCP_NODELAY carries no
+/// connection: ignored before or after its confirmation, its output is
+/// neither kept nor counted, and no sink is left for it.
+#[tokio::test]
+async fn an_ignored_channel_keeps_nothing_whenever_it_is_confirmed() {
+    let (sinks, buffered) = sinks(1 << 20, 1 << 20);
+    sinks.ignore(3u32);
+    sinks.open(3);
+    sinks.open(4);
+    sinks.ignore(4);
+    for id in [3, 4] {
+        deliver(&sinks, id, b"a login shell's greeting").await;
+        sinks.finish(id);
+    }
+    assert_eq!((sinks.len(), buffered.get()), (0, 0));
+}
+
 #[tokio::test]
 async fn data_for_a_channel_never_opened_is_dropped() {
     let (sinks, buffered) = sinks(1 << 20, 1 << 20);

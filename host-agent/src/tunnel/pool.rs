@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::channel_sink::Sinks;
 use crate::backoff::{Backoff, jitter_seed};
 use crate::ssh::client_config::{ClientConfigError, ResolvedHost, SshEnv, resolve_file};
+use crate::ssh::nodelay::{self, Outcome};
 use crate::ssh::session::{self, SessionTuning, TunnelHandler};
 
 /// A pooled session: the handle to open channels on, and where the session
@@ -229,11 +230,17 @@ async fn supervise(
                     port = host.port,
                     "ssh session up"
                 );
-                let _ = tx.send(Some(Arc::new(PooledSession {
+                let pooled = Arc::new(PooledSession {
                     handle: session.handle,
                     sinks: session.sinks,
                     since: SystemTime::now(),
-                })));
+                });
+                if config.tuning.sshd_tcp_nodelay {
+                    // Beside the tunnel, not before it: connections need not
+                    // wait for a process to start in the VM.
+                    tokio::spawn(request_nodelay(pooled.clone(), slot));
+                }
+                let _ = tx.send(Some(pooled));
                 // Resolves when the session task ends and drops its handler.
                 let why = session
                     .closed
@@ -260,6 +267,21 @@ async fn supervise(
         if tx.is_closed() {
             return;
         }
+    }
+}
+
+/// Ask sshd for TCP_NODELAY on this session (`ssh::nodelay`) and log what
+/// came of it; the session works either way.
+async fn request_nodelay(session: SshHandle, slot: usize) {
+    match nodelay::request(&session.handle, &session.sinks).await {
+        Ok(Outcome::Started) => tracing::debug!(slot, "sshd runs `true`: TCP_NODELAY is on"),
+        Ok(outcome) => tracing::info!(
+            slot,
+            ?outcome,
+            "sshd did not run `true`: it keeps Nagle's algorithm, and request/reply \
+             traffic may stall up to 40-90 ms (set ssh.sshd_tcp_nodelay = false to stop asking)"
+        ),
+        Err(error) => tracing::info!(slot, %error, "could not ask sshd for TCP_NODELAY"),
     }
 }
 

@@ -761,8 +761,13 @@ fn start_agent(
         .and_then(|n| n.parse::<usize>().ok())
         .map(|n| format!("sessions = {n}\n"))
         .unwrap_or_default();
+    // BENCH_AGENT_NODELAY=0: the agent does not ask sshd for TCP_NODELAY.
+    let nodelay = match std::env::var("BENCH_AGENT_NODELAY").as_deref() {
+        Ok("0") => "sshd_tcp_nodelay = false\n",
+        _ => "",
+    };
     let mut config = format!(
-        "name = \"bench\"\n[ssh]\n{sessions}config = \"{}\"\nhost = \"{}\"\n",
+        "name = \"bench\"\n[ssh]\n{sessions}{nodelay}config = \"{}\"\nhost = \"{}\"\n",
         sshd.ssh_config_path().display(),
         sshd.host_alias(),
     );
