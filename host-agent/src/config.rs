@@ -172,15 +172,15 @@ pub struct SshSection {
     pub outage_grace: Duration,
     /// SSH sessions in the pool; connections are spread over them so
     /// parallel transfers use more than one core at the server (sshd serves
-    /// each session from one single-threaded process), and new connections
-    /// do not all queue behind one session's occasional stall (BENCHMARKS.md,
-    /// kube new connection p99). Defaults to the core count (at most 4).
+    /// each session from one single-threaded process). Defaults to the
+    /// core count (at most 4).
     #[serde(default = "default_sessions")]
     pub sessions: usize,
     /// Run `true` once per session so that sshd sends small packets at once
     /// (sshd turns on TCP_NODELAY only for sessions that run a command;
-    /// without it a TLS handshake can stall 40-90 ms). Set `false` for a
-    /// server where a command must not run (a `ForceCommand` runs instead).
+    /// without it a TLS handshake can stall 40-90 ms, see `ssh::nodelay`).
+    /// Set `false` for a server where a command must not run (a
+    /// `ForceCommand` runs instead).
     #[serde(default = "default_true")]
     pub sshd_tcp_nodelay: bool,
 }

@@ -12,6 +12,11 @@
 //! (BENCHMARKS.md, issue 12). The fix is on the server's side, so it works
 //! for a host whose own kernel cannot be told to ACK at once (macOS has no
 //! `TCP_QUICKACK`).
+//!
+//! The same call makes sshd mark its packets with `IPQoS`' class for
+//! non-interactive sessions (`cs1` by default since OpenSSH 7.8), which
+//! only a network that honours DSCP acts on (Wi-Fi's WMM puts CS1 in its
+//! background queue); loopback and a VM's virtual link do not.
 
 use std::time::Duration;
 

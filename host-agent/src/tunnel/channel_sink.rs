@@ -201,10 +201,7 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     /// ended before the session got here) is forgotten instead.
     pub fn open(&self, id: K) {
         let mut map = self.map();
-        let sink = map
-            .entry(id)
-            .or_insert_with(|| Arc::new(Sink::default()))
-            .clone();
+        let sink = sink_of(&mut map, id);
         let mut state = sink.state();
         if state.released {
             map.remove(&id);
@@ -218,10 +215,7 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     /// before anything arrived. Call it before the channel can carry data.
     pub fn ignore(&self, id: K) {
         let mut map = self.map();
-        let sink = map
-            .entry(id)
-            .or_insert_with(|| Arc::new(Sink::default()))
-            .clone();
+        let sink = sink_of(&mut map, id);
         let mut state = sink.state();
         state.released = true;
         // As for a dropped claim: before the confirmation, `open` removes it.
@@ -330,11 +324,7 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     pub fn claim(self: &Arc<Self>, id: K, client: Arc<OwnedWriteHalf>) -> Claimed<K> {
         // Usually `open` ran already; russh hands the channel to its opener
         // just before calling the handler, so a claim can come first.
-        let sink = self
-            .map()
-            .entry(id)
-            .or_insert_with(|| Arc::new(Sink::default()))
-            .clone();
+        let sink = sink_of(&mut self.map(), id);
         sink.state().client = Some(client);
         Claimed {
             sinks: self.clone(),
@@ -342,6 +332,13 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
             sink,
         }
     }
+}
+
+/// Channel `id`'s sink, made empty if it has none yet.
+fn sink_of<K: Copy + Eq + Hash>(map: &mut HashMap<K, Arc<Sink>>, id: K) -> Arc<Sink> {
+    map.entry(id)
+        .or_insert_with(|| Arc::new(Sink::default()))
+        .clone()
 }
 
 /// A claimed sink; dropping it forgets the channel and returns its queued
