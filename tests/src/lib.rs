@@ -35,17 +35,27 @@ pub fn free_port() -> std::io::Result<u16> {
     use std::hash::{BuildHasher, Hasher};
     const FLOOR: u16 = 10_000;
     let first_ephemeral = ephemeral_ports_start().unwrap_or(32_768);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     if first_ephemeral <= FLOOR + 1_000 {
-        // An unusual range: fall back to what the kernel hands out.
-        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port());
+        // An unusual range: fall back to what the kernel hands out, still
+        // never the same port twice.
+        for _ in 0..64 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            if handed_out.insert(port) {
+                return Ok(port);
+            }
+        }
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "the kernel kept handing out ports already given to other tests",
+        ));
     }
     let span = u64::from(first_ephemeral - FLOOR);
     let start = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     for i in 0..span {
         // In range: the remainder is below `span`, which fits in a u16.
         let port = FLOOR + ((start.wrapping_add(i)) % span) as u16;
