@@ -204,6 +204,7 @@ fn doctor_passes_on_the_real_stack_and_each_fault_fails_its_own_check() {
         "forward-talos-api",
         "ssh-config",
         "ssh-answers",
+        "ssh-nodelay",
         "kubeconfig-points",
         "kubeconfig-stale",
         "kube-api",

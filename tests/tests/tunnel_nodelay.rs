@@ -9,6 +9,7 @@ mod tunnel_support;
 use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
+use portplane_e2e::workspace_bin;
 use tunnel_support::{
     Agent, config_for, echo_once, echo_server, listen_port, wait_echo, wait_until,
 };
@@ -69,7 +70,7 @@ fn every_session_gets_tcp_nodelay_and_its_command_channel_is_closed() {
 /// A server that allows no session channels (`MaxSessions 0`: forwarding
 /// only; in a `Match` block, since the test config sets it already and
 /// sshd keeps a keyword's first value) refuses the request; the tunnel
-/// works as before.
+/// works as before, and `doctor` warns with the way out.
 #[test]
 fn a_server_that_allows_no_commands_still_forwards() {
     let sshd = Sshd::start_with_config("DEBUG2", "Match all\n  MaxSessions 0\n").unwrap();
@@ -93,4 +94,23 @@ fn a_server_that_allows_no_commands_still_forwards() {
         "only the targets' sockets:\n{log}"
     );
     assert!(!agent.log().contains("ssh session lost"), "{}", agent.log());
+
+    let out = std::process::Command::new(workspace_bin("portplane-agent"))
+        .args(["doctor", "-o", "json", "--platform", "systemd", "--config"])
+        .arg(agent.config_path())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let check = report["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["id"] == "ssh-nodelay"))
+        .unwrap_or_else(|| panic!("no ssh-nodelay check: {report:#}"));
+    assert_eq!(check["result"], "warn", "{report:#}");
+    assert!(
+        check["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("sshd_tcp_nodelay = false")),
+        "{report:#}"
+    );
 }

@@ -241,11 +241,18 @@ async fn ssh(inputs: &Inputs<'_>) -> Vec<Check> {
         tokio::time::timeout(CHECK_TIMEOUT, crate::ssh::session::connect(&host, &tuning)).await;
     checks.push(match outcome {
         Ok(Ok(session)) => {
+            let nodelay = if ssh.sshd_tcp_nodelay {
+                Some(nodelay_check(&session).await)
+            } else {
+                None
+            };
             let _ = session
                 .handle
                 .disconnect(russh::Disconnect::ByApplication, "", "en")
                 .await;
-            Check::pass(CAT, "ssh-answers", name)
+            checks.push(Check::pass(CAT, "ssh-answers", name));
+            checks.extend(nodelay);
+            return checks;
         }
         Ok(Err(e)) => Check::fail(
             CAT,
@@ -263,6 +270,32 @@ async fn ssh(inputs: &Inputs<'_>) -> Vec<Check> {
         ),
     });
     checks
+}
+
+/// Whether sshd runs the command that makes it turn on TCP_NODELAY for the
+/// tunnel's sessions (`ssh::nodelay`), asked as the agent asks it.
+async fn nodelay_check(session: &crate::ssh::session::Session) -> Check {
+    use crate::ssh::nodelay::{self, Outcome};
+    const CAT: &str = "vm (ssh)";
+    let name = "sshd runs `true`, so it sends the tunnel's small packets at once (TCP_NODELAY)";
+    let problem = match nodelay::request(&session.handle, &session.sinks).await {
+        Ok(Outcome::Started) => return Check::pass(CAT, "ssh-nodelay", name),
+        Ok(Outcome::Refused) => "sshd refused to run `true`".to_string(),
+        Ok(Outcome::NoAnswer) => format!(
+            "sshd did not answer the request to run `true` within {:?}",
+            nodelay::COMMAND_TIMEOUT
+        ),
+        Err(e) => format!("sshd refused a session channel: {e}"),
+    };
+    Check::warn(
+        CAT,
+        "ssh-nodelay",
+        name,
+        format!(
+            "{problem}; it keeps Nagle's algorithm, and a TLS handshake through the tunnel may stall 40-90 ms"
+        ),
+        "allow this user to run commands (MaxSessions, ForceCommand in sshd_config), or set [ssh] sshd_tcp_nodelay = false to stop asking",
+    )
 }
 
 fn controller(config: &AgentConfig, status: Option<&AgentStatus>) -> Vec<Check> {
