@@ -8,7 +8,7 @@ mod tunnel_support;
 
 use std::time::Duration;
 
-use portplane_e2e::sshd::Sshd;
+use portplane_e2e::sshd::{Sshd, descendants};
 use portplane_e2e::workspace_bin;
 use tunnel_support::{
     Agent, config_for, echo_once, echo_server, listen_port, wait_echo, wait_until,
@@ -113,4 +113,48 @@ fn a_server_that_allows_no_commands_still_forwards() {
             .is_some_and(|h| h.contains("sshd_tcp_nodelay = false")),
         "{report:#}"
     );
+}
+
+/// A forced command that never ends by itself and prints without pause
+/// (`ForceCommand yes`) runs instead of `true`: sshd still sets
+/// TCP_NODELAY, the agent closes the channel on sshd's answer, so `yes`
+/// loses its output and ends, and the tunnel is not held up by it.
+#[test]
+fn a_forced_command_that_never_ends_is_closed_on_the_answer() {
+    let sshd = Sshd::start_with_config("DEBUG2", "Match all\n  ForceCommand yes\n").unwrap();
+    let port = listen_port();
+    let echo = echo_server();
+    let agent = Agent::start(
+        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], "")
+            .replace("[ssh]\n", "[ssh]\nsessions = 2\n"),
+    );
+    agent.wait_log(
+        "sshd runs `true`: TCP_NODELAY is on",
+        2,
+        Duration::from_secs(20),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        || count(&sshd.log(), SESSION_CLOSED) == 2,
+        || {
+            format!(
+                "the forced command's channels were not closed:\n{}",
+                sshd.log()
+            )
+        },
+    );
+    let sshd_pid = sshd.pid().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            !descendants(sshd_pid).into_iter().any(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "yes")
+            })
+        },
+        || "`yes` is still running under sshd".into(),
+    );
+    for _ in 0..20 {
+        echo_once(port, b"through").unwrap();
+    }
+    assert!(!agent.log().contains("ssh session lost"), "{}", agent.log());
 }

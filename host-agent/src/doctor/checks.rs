@@ -278,14 +278,20 @@ async fn nodelay_check(session: &crate::ssh::session::Session) -> Check {
     use crate::ssh::nodelay::{self, Outcome};
     const CAT: &str = "vm (ssh)";
     let name = "sshd runs `true`, so it sends the tunnel's small packets at once (TCP_NODELAY)";
-    let problem = match nodelay::request(&session.handle, &session.sinks).await {
-        Ok(Outcome::Started) => return Check::pass(CAT, "ssh-nodelay", name),
-        Ok(Outcome::Refused) => "sshd refused to run `true`".to_string(),
-        Ok(Outcome::NoAnswer) => format!(
+    let asked = tokio::time::timeout(
+        CHECK_TIMEOUT,
+        nodelay::request(&session.handle, &session.sinks),
+    )
+    .await;
+    let problem = match asked {
+        Ok(Ok(Outcome::Started)) => return Check::pass(CAT, "ssh-nodelay", name),
+        Ok(Ok(Outcome::Refused)) => "sshd refused to run `true` (its log says why)".to_string(),
+        Ok(Ok(Outcome::NoAnswer)) => format!(
             "sshd did not answer the request to run `true` within {:?}",
-            nodelay::COMMAND_TIMEOUT
+            nodelay::REPLY_TIMEOUT
         ),
-        Err(e) => format!("sshd refused a session channel: {e}"),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("sshd did not open a session channel within {CHECK_TIMEOUT:?}"),
     };
     Check::warn(
         CAT,
@@ -294,7 +300,7 @@ async fn nodelay_check(session: &crate::ssh::session::Session) -> Check {
         format!(
             "{problem}; it keeps Nagle's algorithm, and a TLS handshake through the tunnel may stall 40-90 ms"
         ),
-        "allow this user to run commands (MaxSessions, ForceCommand in sshd_config), or set [ssh] sshd_tcp_nodelay = false to stop asking",
+        "let this user open a session and run a command on the VM (sshd_config: MaxSessions above 0), or set [ssh] sshd_tcp_nodelay = false to stop asking",
     )
 }
 

@@ -14,7 +14,7 @@
 //! `TCP_QUICKACK`).
 //!
 //! The same call makes sshd mark its packets with `IPQoS`' class for
-//! non-interactive sessions (`cs1` by default since OpenSSH 7.8), which
+//! non-interactive sessions (`cs1` by default from OpenSSH 7.8 on, as in Debian 12's 9.2), which
 //! only a network that honours DSCP acts on (Wi-Fi's WMM puts CS1 in its
 //! background queue); loopback and a VM's virtual link do not.
 
@@ -30,53 +30,74 @@ use crate::tunnel::channel_sink::Sinks;
 /// runs instead; sshd sets TCP_NODELAY either way.
 pub const COMMAND: &str = "true";
 
-/// How long the command may take to exit before its channel is closed
-/// anyway (a forced command that waits for input never exits by itself).
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sshd may take to answer the request before the channel is
+/// closed anyway.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What sshd made of the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// sshd started it: the connection now has TCP_NODELAY.
     Started,
-    /// sshd refused it (a server that allows no commands): Nagle stays on.
+    /// sshd refused to run it: Nagle stays on.
     Refused,
-    /// No answer within [`COMMAND_TIMEOUT`].
+    /// No answer within [`REPLY_TIMEOUT`].
     NoAnswer,
 }
 
-/// Open a session channel, run [`COMMAND`] in it and close it once the
-/// command has exited (or after [`COMMAND_TIMEOUT`]). Whatever the command
-/// prints (a login shell's greeting, say) is dropped. Errors are those of
-/// russh opening the channel or sending the request.
+/// Why the request could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NodelayError {
+    /// With OpenSSH, `MaxSessions 0` refuses session channels (forwarding
+    /// still works).
+    #[error("sshd refused a session channel ({0}); `MaxSessions 0` in sshd_config does that")]
+    Channel(#[source] russh::Error),
+    #[error("could not ask sshd to run `true`: {0}")]
+    Exec(#[source] russh::Error),
+}
+
+/// Open a session channel, ask sshd to run [`COMMAND`] in it, and close the
+/// channel once sshd answers (or after [`REPLY_TIMEOUT`]).
+///
+/// sshd turns TCP_NODELAY on before it answers (`do_exec_no_pty` calls
+/// `ssh_packet_set_interactive`, then the reply goes out), so nothing waits
+/// for the command to exit. Its stdin gets EOF at once, so a forced command
+/// that reads input ends; on the close sshd closes its output too. Whatever
+/// it prints is dropped (`Sinks::ignore`), and the channel's own queue is
+/// dropped before the close, so that output can never hold up the session.
 pub async fn request(
     handle: &client::Handle<TunnelHandler>,
     sinks: &Sinks,
-) -> Result<Outcome, russh::Error> {
-    let mut channel = handle.channel_open_session().await?;
+) -> Result<Outcome, NodelayError> {
+    let channel = handle
+        .channel_open_session()
+        .await
+        .map_err(NodelayError::Channel)?;
     // Not a forwarded connection: no sink keeps its output.
     sinks.ignore(channel.id());
-    channel.exec(true, COMMAND).await?;
-    let mut outcome = Outcome::NoAnswer;
-    let closed = tokio::time::timeout(COMMAND_TIMEOUT, async {
-        // Read every message, so that russh never waits on this channel's
-        // queue, until sshd closes the channel (after the exit status).
-        while let Some(msg) = channel.wait().await {
+    let (mut read, write) = channel.split();
+    write
+        .exec(true, COMMAND)
+        .await
+        .map_err(NodelayError::Exec)?;
+    let _ = write.eof().await;
+    let outcome = tokio::time::timeout(REPLY_TIMEOUT, async {
+        while let Some(msg) = read.wait().await {
             match msg {
-                ChannelMsg::Success => outcome = Outcome::Started,
-                ChannelMsg::Failure => {
-                    outcome = Outcome::Refused;
-                    return false;
-                }
-                ChannelMsg::Close => return true,
+                ChannelMsg::Success => return Outcome::Started,
+                ChannelMsg::Failure => return Outcome::Refused,
+                // Output of a command that started before the reply was
+                // read here.
                 _ => {}
             }
         }
-        true
+        Outcome::NoAnswer
     })
-    .await;
-    if closed != Ok(true) {
-        let _ = channel.close().await;
-    }
+    .await
+    .unwrap_or(Outcome::NoAnswer);
+    // russh sends a channel's messages to its queue and waits for room: no
+    // one reads it from here on, so it goes first.
+    drop(read);
+    let _ = write.close().await;
     Ok(outcome)
 }

@@ -51,12 +51,15 @@ impl RekeyLimit {
 }
 
 /// OpenSSH's `scan_scaled` (fmt_scaled.c), which readconf.c uses for
-/// `RekeyLimit`: digits with at most one `.`, then an optional unit B, K, M,
-/// G, T, P or E (powers of 1024, either case). A fraction counts only with
-/// a unit (`1.5G`, `.5K`), and is truncated to whole bytes; without one it
-/// is dropped (`100.7` is 100), as OpenSSH does. `None` when malformed or
-/// past `u64`.
+/// `RekeyLimit`: an optional `+`, digits with at most one `.`, then an
+/// optional unit B, K, M, G, T, P or E (powers of 1024, either case). A
+/// fraction counts only with a unit (`1.5G`, `.5K`), and is truncated to
+/// whole bytes; without one it is dropped (`100.7` is 100), as OpenSSH
+/// does. `None` when malformed or past `i64::MAX` (OpenSSH's `long long`:
+/// `8E` is too large there too). Unlike OpenSSH, a unit or `.` without
+/// digits is refused rather than read as 0 (the default).
 fn parse_size(s: &str) -> Option<u64> {
+    let s = s.strip_prefix('+').unwrap_or(s);
     let (number, scale) = match s.char_indices().last()? {
         (i, c) if c.is_ascii_alphabetic() => {
             let power = "BKMGTPE".find(c.to_ascii_uppercase())?;
@@ -82,7 +85,7 @@ fn parse_size(s: &str) -> Option<u64> {
         let numerator: u128 = fraction.parse().ok()?;
         whole.checked_mul(scale)? + numerator * scale / 10u128.pow(fraction.len() as u32)
     };
-    u64::try_from(bytes).ok()
+    u64::try_from(bytes).ok().filter(|&b| b <= i64::MAX as u64)
 }
 
 /// OpenSSH's `convtime`: digits each followed by an optional unit, summed;
@@ -179,7 +182,7 @@ mod tests {
             "no unit: 1"
         );
         for bad in [
-            "1..5G", "1.5.G", "G", ".", "1X", "1GB", "-1G", "1.5e3", "16E",
+            "1..5G", "1.5.G", "G", ".", "1X", "1GB", "-1G", "1.5e3", "8E", "++1G",
         ] {
             assert!(parse(&[bad]).is_err(), "{bad} was taken");
         }
@@ -197,6 +200,7 @@ mod tests {
         assert_eq!(data("100.7"), Ok(Some(100)));
         assert_eq!(data("64B"), Ok(Some(64)));
         assert_eq!(data("2T"), Ok(Some(2 << 40)));
-        assert_eq!(data("15E"), Ok(Some(15 << 60)));
+        assert_eq!(data("7E"), Ok(Some(7 << 60)));
+        assert_eq!(data("+1G"), Ok(Some(1 << 30)));
     }
 }

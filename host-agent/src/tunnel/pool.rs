@@ -281,6 +281,8 @@ async fn request_nodelay(session: SshHandle, slot: usize) {
             "sshd did not run `true`: it keeps Nagle's algorithm, and request/reply \
              traffic may stall up to 40-90 ms (set ssh.sshd_tcp_nodelay = false to stop asking)"
         ),
+        // A session lost meanwhile is logged as such already.
+        Err(_) if session.handle.is_closed() => {}
         Err(error) => tracing::info!(slot, %error, "could not ask sshd for TCP_NODELAY"),
     }
 }
