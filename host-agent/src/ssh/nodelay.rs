@@ -50,7 +50,7 @@ pub enum Outcome {
 pub enum NodelayError {
     /// With OpenSSH, `MaxSessions 0` refuses session channels (forwarding
     /// still works).
-    #[error("sshd refused a session channel ({0}); `MaxSessions 0` in sshd_config does that")]
+    #[error("could not open a session channel: {0} (sshd refuses them with `MaxSessions 0`)")]
     Channel(#[source] russh::Error),
     #[error("could not ask sshd to run `true`: {0}")]
     Exec(#[source] russh::Error),
@@ -76,10 +76,11 @@ pub async fn request(
     // Not a forwarded connection: no sink keeps its output.
     sinks.ignore(channel.id());
     let (mut read, write) = channel.split();
-    write
-        .exec(true, COMMAND)
-        .await
-        .map_err(NodelayError::Exec)?;
+    if let Err(e) = write.exec(true, COMMAND).await {
+        drop(read);
+        let _ = write.close().await;
+        return Err(NodelayError::Exec(e));
+    }
     let _ = write.eof().await;
     let outcome = tokio::time::timeout(REPLY_TIMEOUT, async {
         while let Some(msg) = read.wait().await {
