@@ -218,6 +218,11 @@ impl Sshd {
         Ok(())
     }
 
+    /// `SetEnv SHLVL=1`: commands (the agent's `true`, docker inspect) run
+    /// through the user's shell, and bash, when sshd runs it, reads
+    /// ~/.bashrc only at shell level 1. This machine's root ~/.bashrc runs
+    /// `pyenv init`, whose rehash lock, left behind by a shell killed with
+    /// its test's sshd, made every later shell wait 60 s for it.
     fn write_sshd_config(&self) -> anyhow::Result<()> {
         let d = self.dir.path().display();
         let config = format!(
@@ -237,6 +242,7 @@ impl Sshd {
              PrintMotd no\n\
              MaxStartups 200:30:400\n\
              MaxSessions 100\n\
+             SetEnv SHLVL=1\n\
              LogLevel {level}\n\
              {extra}",
             port = self.port,

@@ -115,13 +115,17 @@ fn a_server_that_allows_no_commands_still_forwards() {
     );
 }
 
-/// A forced command that never ends by itself and prints without pause
-/// (`ForceCommand yes`) runs instead of `true`: sshd still sets
-/// TCP_NODELAY, the agent closes the channel on sshd's answer, so `yes`
-/// loses its output and ends, and the tunnel is not held up by it.
+/// A forced command runs instead of `true`; this one prints 64 MiB and then
+/// waits for its stdin to end (`ForceCommand head -c 64M /dev/zero; cat`).
+/// sshd still sets TCP_NODELAY; the agent reads and drops the output, its
+/// EOF ends `cat`, sshd closes the channel, and the tunnel is not held up.
 #[test]
-fn a_forced_command_that_never_ends_is_closed_on_the_answer() {
-    let sshd = Sshd::start_with_config("DEBUG2", "Match all\n  ForceCommand yes\n").unwrap();
+fn a_forced_command_that_prints_is_drained_and_ends_on_eof() {
+    let sshd = Sshd::start_with_config(
+        "DEBUG2",
+        "Match all\n  ForceCommand head -c 67108864 /dev/zero; cat\n",
+    )
+    .unwrap();
     let port = listen_port();
     let echo = echo_server();
     let agent = Agent::start(
@@ -134,7 +138,7 @@ fn a_forced_command_that_never_ends_is_closed_on_the_answer() {
         Duration::from_secs(20),
     );
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || count(&sshd.log(), SESSION_CLOSED) == 2,
         || {
             format!(
@@ -144,14 +148,11 @@ fn a_forced_command_that_never_ends_is_closed_on_the_answer() {
         },
     );
     let sshd_pid = sshd.pid().unwrap();
-    wait_until(
-        Duration::from_secs(20),
-        || {
-            !descendants(sshd_pid).into_iter().any(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "yes")
-            })
-        },
-        || "`yes` is still running under sshd".into(),
+    assert!(
+        !descendants(sshd_pid).into_iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "cat")
+        }),
+        "`cat` is still running under sshd"
     );
     for _ in 0..20 {
         echo_once(port, b"through").unwrap();

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use russh::{ChannelMsg, client};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client};
 
 use super::session::TunnelHandler;
 use crate::tunnel::channel_sink::Sinks;
@@ -30,9 +30,12 @@ use crate::tunnel::channel_sink::Sinks;
 /// runs instead; sshd sets TCP_NODELAY either way.
 pub const COMMAND: &str = "true";
 
-/// How long sshd may take to answer the request before the channel is
-/// closed anyway.
+/// How long sshd may take to answer the request.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the command may run before its channel is closed anyway (a
+/// forced command that never ends by itself).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What sshd made of the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,15 +59,18 @@ pub enum NodelayError {
     Exec(#[source] russh::Error),
 }
 
-/// Open a session channel, ask sshd to run [`COMMAND`] in it, and close the
-/// channel once sshd answers (or after [`REPLY_TIMEOUT`]).
+/// Open a session channel, ask sshd to run [`COMMAND`] in it, and return
+/// sshd's answer (or [`Outcome::NoAnswer`] after [`REPLY_TIMEOUT`]).
 ///
 /// sshd turns TCP_NODELAY on before it answers (`do_exec_no_pty` calls
 /// `ssh_packet_set_interactive`, then the reply goes out), so nothing waits
-/// for the command to exit. Its stdin gets EOF at once, so a forced command
-/// that reads input ends; on the close sshd closes its output too. Whatever
-/// it prints is dropped (`Sinks::ignore`), and the channel's own queue is
-/// dropped before the close, so that output can never hold up the session.
+/// for the command itself. It is left to end on its own, in the background:
+/// its stdin gets EOF at once, and the channel is closed only once sshd
+/// closes it, or after [`COMMAND_TIMEOUT`]. Cutting it short would kill the
+/// user's login shell while it reads its rc files (in testing this left
+/// pyenv's rehash lock behind, and every later shell waited on it).
+/// Whatever the command prints is read and dropped (`Sinks::ignore`), so
+/// it never holds up the session.
 pub async fn request(
     handle: &client::Handle<TunnelHandler>,
     sinks: &Sinks,
@@ -96,9 +102,28 @@ pub async fn request(
     })
     .await
     .unwrap_or(Outcome::NoAnswer);
-    // russh sends a channel's messages to its queue and waits for room: no
-    // one reads it from here on, so it goes first.
-    drop(read);
-    let _ = write.close().await;
+    tokio::spawn(finish(read, write, outcome == Outcome::Started));
     Ok(outcome)
+}
+
+/// Read the channel until sshd closes it (the command exited) or the
+/// session ends; close it ourselves after [`COMMAND_TIMEOUT`], or at once
+/// when no command runs in it.
+async fn finish(mut read: ChannelReadHalf, write: ChannelWriteHalf<client::Msg>, running: bool) {
+    let ended = running
+        && tokio::time::timeout(COMMAND_TIMEOUT, async {
+            while let Some(msg) = read.wait().await {
+                if matches!(msg, ChannelMsg::Close) {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok();
+    // russh puts a channel's messages in its queue and waits for room: no
+    // one reads it from here on, so it goes before the close is sent.
+    drop(read);
+    if !ended {
+        let _ = write.close().await;
+    }
 }
