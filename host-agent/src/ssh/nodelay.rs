@@ -14,9 +14,10 @@
 //! `TCP_QUICKACK`).
 //!
 //! The same call makes sshd mark its packets with `IPQoS`' class for
-//! non-interactive sessions (`cs1` by default from OpenSSH 7.8 on, as in Debian 12's 9.2), which
-//! only a network that honours DSCP acts on (Wi-Fi's WMM puts CS1 in its
-//! background queue); loopback and a VM's virtual link do not.
+//! non-interactive sessions (`cs1` by default from OpenSSH 7.8 on, as in
+//! Debian 12's 9.2), which only a network that honours DSCP acts on
+//! (Wi-Fi's WMM puts CS1 in its background queue); loopback and a VM's
+//! virtual link do not.
 
 use std::time::Duration;
 
@@ -25,9 +26,10 @@ use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client};
 use super::session::TunnelHandler;
 use crate::tunnel::channel_sink::Sinks;
 
-/// The command: the POSIX no-op, run by the user's login shell on the
-/// server. A `ForceCommand` (sshd_config) or `command=` (authorized_keys)
-/// runs instead; sshd sets TCP_NODELAY either way.
+/// The command: the POSIX no-op, run by the user's shell on the server
+/// (`$SHELL -c`, as sshd runs every command). A `ForceCommand`
+/// (sshd_config) or `command=` (authorized_keys) runs instead; sshd sets
+/// TCP_NODELAY either way.
 pub const COMMAND: &str = "true";
 
 /// How long sshd may take to answer the request.
@@ -67,7 +69,7 @@ pub enum NodelayError {
 /// for the command itself. It is left to end on its own, in the background:
 /// its stdin gets EOF at once, and the channel is closed only once sshd
 /// closes it, or after [`COMMAND_TIMEOUT`]. Cutting it short would kill the
-/// user's login shell while it reads its rc files (in testing this left
+/// user's shell while it reads its rc files (in testing this left
 /// pyenv's rehash lock behind, and every later shell waited on it).
 /// Whatever the command prints is read and dropped (`Sinks::ignore`), so
 /// it never holds up the session.
