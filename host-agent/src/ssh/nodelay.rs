@@ -30,14 +30,19 @@ use crate::tunnel::channel_sink::Sinks;
 /// (`$SHELL -c`, as sshd runs every command). A `ForceCommand`
 /// (sshd_config) or `command=` (authorized_keys) runs instead; sshd sets
 /// TCP_NODELAY either way.
-pub const COMMAND: &str = "true";
+const COMMAND: &str = "true";
 
 /// How long sshd may take to answer the request.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the command may run before its channel is closed anyway (a
 /// forced command that never ends by itself).
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a session without TCP_NODELAY at sshd costs, for the agent's log
+/// and `doctor`.
+pub const WITHOUT_IT: &str = "sshd keeps Nagle's algorithm on this session, \
+     and request/reply traffic such as a TLS handshake may stall 40-90 ms";
 
 /// What sshd made of the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -278,8 +278,8 @@ async fn request_nodelay(session: SshHandle, slot: usize) {
         Ok(outcome) => tracing::info!(
             slot,
             ?outcome,
-            "sshd did not run `true`: it keeps Nagle's algorithm, and request/reply \
-             traffic may stall up to 40-90 ms (set ssh.sshd_tcp_nodelay = false to stop asking)"
+            "sshd did not run `true`: {} (set ssh.sshd_tcp_nodelay = false to stop asking)",
+            nodelay::WITHOUT_IT
         ),
         // A session lost meanwhile is logged as such already.
         Err(_) if session.handle.is_closed() => {}
