@@ -170,10 +170,12 @@ pub struct SshSection {
     /// session before it is closed.
     #[serde(default = "default_connect_grace", with = "humantime_serde")]
     pub outage_grace: Duration,
-    /// SSH sessions in the pool; connections are spread over them so
-    /// parallel transfers use more than one core at the server (sshd serves
-    /// each session from one single-threaded process). Defaults to the
-    /// core count (at most 4).
+    /// SSH sessions in the pool. Each new connection goes to the session
+    /// with the fewest connections still sending, ties to the first
+    /// (`tunnel::pool::least_busy`), so that parallel transfers use more
+    /// than one core at the server (sshd serves each session from one
+    /// single-threaded process) while short ones share one. Defaults to
+    /// the core count (at most 4).
     #[serde(default = "default_sessions")]
     pub sessions: usize,
     /// Run `true` once per session so that sshd sends small packets at once

@@ -6,6 +6,7 @@
 //! the client was slow. Client -> server: the same task reads the client and
 //! sends channel data.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::listener::Counters;
-use super::pool::{Pool, SshHandle};
+use super::pool::{Pool, SessionUse};
 use crate::config::Target;
 
 /// What every forwarded connection opens its channel through: the pool of
@@ -42,15 +43,20 @@ const READ_CHUNK: usize = 64 * 1024;
 pub async fn forward(
     shared: Arc<PoolWithGrace>,
     client: TcpStream,
+    peer: SocketAddr,
     target: Target,
     forward: String,
     counters: &Arc<Counters>,
 ) {
-    let peer = client.peer_addr().ok();
     let _ = client.set_nodelay(true);
-    let Some((session, channel)) = open_channel(&shared, &target, &forward).await else {
+    let Some((session_use, channel)) = open_channel(&shared, &target, &forward).await else {
         return;
     };
+    let session = session_use.session().clone();
+    // Counted as busy until the client has sent everything (see
+    // `Pool::session`): a connection only receiving no longer holds new
+    // ones off its session.
+    let mut session_use = Some(session_use);
     let (client_read, client_write) = client.into_split();
     let client_write = Arc::new(client_write);
     // Claimed before anything can await: data the server sent first is
@@ -90,6 +96,7 @@ pub async fn forward(
                 outcome = &mut downstream => break outcome,
                 ended = &mut upstream, if !upstream_ended => {
                     upstream_ended = true;
+                    drop(session_use.take());
                     // Nothing will read what the server still sends, and
                     // the server need not close on EOF: end the connection
                     // now.
@@ -109,7 +116,7 @@ pub async fn forward(
         // sees an error, not an EOF that would pass a cut stream off as
         // whole. The reset goes out when the read half is dropped below.
         Err(why) => {
-            tracing::warn!(forward, ?peer, "resetting connection: {why}");
+            tracing::warn!(forward, %peer, "resetting connection: {why}");
             reset_on_close(client_write);
         }
         // Whatever the client still sends has nowhere to go once the server
@@ -226,11 +233,11 @@ async fn open_channel(
     shared: &PoolWithGrace,
     target: &Target,
     forward: &str,
-) -> Option<(SshHandle, russh::Channel<russh::client::Msg>)> {
+) -> Option<(SessionUse, russh::Channel<russh::client::Msg>)> {
     let deadline = tokio::time::Instant::now() + shared.outage_grace;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(session): Option<SshHandle> = shared.pool.session(remaining).await else {
+        let Some(session) = shared.pool.session(remaining).await else {
             tracing::warn!(
                 forward,
                 grace = ?shared.outage_grace,
@@ -239,6 +246,7 @@ async fn open_channel(
             return None;
         };
         match session
+            .session()
             .handle
             .channel_open_direct_tcpip(target.host.clone(), u32::from(target.port), "127.0.0.1", 0)
             .await

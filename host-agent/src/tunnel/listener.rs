@@ -85,14 +85,14 @@ pub async fn serve(
             return;
         };
         match listener.accept().await {
-            Ok((client, _)) => {
+            Ok((client, peer)) => {
                 let (shared, target, name) =
                     (shared.clone(), forward.target.clone(), forward.name.clone());
                 let counters = counters.clone();
                 counters.active.fetch_add(1, Ordering::Relaxed);
                 counters.total.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    connection::forward(shared, client, target, name, &counters).await;
+                    connection::forward(shared, client, peer, target, name, &counters).await;
                     counters.active.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });

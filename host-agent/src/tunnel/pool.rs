@@ -1,8 +1,9 @@
 //! A small pool of SSH sessions to the same host, each kept alive by its own
 //! supervisor: keepalives detect a dead peer, the ssh config is re-read
 //! before every attempt (Lima picks a new port on each VM start), and
-//! reconnects back off exponentially with jitter. Connections are spread
-//! round-robin over the live sessions; during an outage they wait for one.
+//! reconnects back off exponentially with jitter. Each connection goes to
+//! the live session with the fewest connections still sending, ties to the
+//! first (see [`least_busy`]); during an outage they wait for one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +27,33 @@ pub struct PooledSession {
     pub sinks: Arc<Sinks>,
     /// When the session came up (for `status`).
     pub since: SystemTime,
+    /// Connections on this session whose client is still sending: what
+    /// [`Pool::session`] balances on. Counted by [`SessionUse`].
+    busy: AtomicUsize,
+}
+
+/// One connection's use of a pooled session, counted in the session's
+/// `busy` until dropped (when the client has sent its EOF, or the
+/// connection ends).
+pub struct SessionUse {
+    session: SshHandle,
+}
+
+impl SessionUse {
+    fn new(session: SshHandle) -> SessionUse {
+        session.busy.fetch_add(1, Ordering::Relaxed);
+        SessionUse { session }
+    }
+
+    pub fn session(&self) -> &SshHandle {
+        &self.session
+    }
+}
+
+impl Drop for SessionUse {
+    fn drop(&mut self) {
+        self.session.busy.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub type SshHandle = Arc<PooledSession>;
@@ -43,7 +71,6 @@ pub struct PoolConfig {
 
 pub struct Pool {
     slots: Vec<watch::Receiver<Option<SshHandle>>>,
-    next: AtomicUsize,
     health: Arc<PoolHealth>,
 }
 
@@ -92,11 +119,7 @@ impl Pool {
             slots.push(rx);
             tokio::spawn(supervise(config.clone(), slot, tx, health.clone()));
         }
-        Arc::new(Pool {
-            slots,
-            next: AtomicUsize::new(0),
-            health,
-        })
+        Arc::new(Pool { slots, health })
     }
 
     /// Session slots in the pool.
@@ -140,8 +163,12 @@ impl Pool {
         SessionChanges { slots }
     }
 
-    /// A live session, round-robin; waits up to `grace` when none is up.
-    pub async fn session(&self, grace: Duration) -> Option<SshHandle> {
+    /// The live session with the fewest connections still sending, ties to
+    /// the first ([`least_busy`]); waits up to `grace` when none is up.
+    pub async fn session(&self, grace: Duration) -> Option<SessionUse> {
+        if let Some(found) = self.pick() {
+            return Some(found);
+        }
         let deadline = Instant::now() + grace;
         loop {
             let mut watchers = self.slots.clone();
@@ -160,14 +187,46 @@ impl Pool {
         }
     }
 
-    fn pick(&self) -> Option<SshHandle> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.slots.len();
-        (0..n).find_map(|i| {
-            let slot = self.slots[(start + i) % n].borrow();
-            slot.as_ref().filter(|h| !h.handle.is_closed()).cloned()
-        })
+    /// Two connections accepted at the same moment may both see the same
+    /// count and share a session: the balance is a preference, not a rule.
+    fn pick(&self) -> Option<SessionUse> {
+        let live: Vec<Option<SshHandle>> = self
+            .slots
+            .iter()
+            .map(|slot| {
+                slot.borrow()
+                    .as_ref()
+                    .filter(|h| !h.handle.is_closed())
+                    .cloned()
+            })
+            .collect();
+        let chosen = least_busy(
+            live.iter()
+                .map(|h| h.as_ref().map(|h| h.busy.load(Ordering::Relaxed))),
+        )?;
+        live.into_iter().nth(chosen).flatten().map(SessionUse::new)
     }
+}
+
+/// Which session a new connection goes to: given each slot's count of
+/// connections still sending (`None` for a slot with no live session), the
+/// index of the lowest count, the first of equals; `None` when no session
+/// is live.
+///
+/// Why not round-robin: a short connection's teardown (EOF, then CLOSE
+/// each way) overlaps the next connection. On one session sshd reads the
+/// last teardown and the next open in one pass of its loop, as it does for
+/// `ssh -L`; spread over sessions (separate sshd processes), each wakes for
+/// its part alone, which cost new connections 3-10% against `ssh -L` on 2
+/// cores (BENCHMARKS.md, Tunnel, issue 12). Parallel transfers still spread
+/// over every session, one sshd process each.
+pub fn least_busy(counts: impl IntoIterator<Item = Option<usize>>) -> Option<usize> {
+    counts
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, count)| Some((count?, i)))
+        .min()
+        .map(|(_, i)| i)
 }
 
 /// Changes of the pool's session slots, from [`Pool::subscribe`].
@@ -234,6 +293,7 @@ async fn supervise(
                     handle: session.handle,
                     sinks: session.sinks,
                     since: SystemTime::now(),
+                    busy: AtomicUsize::new(0),
                 });
                 if config.tuning.sshd_tcp_nodelay {
                     // Beside the tunnel, not before it: connections need not
@@ -324,4 +384,25 @@ async fn resolve(config: &PoolConfig) -> Result<ResolvedHost, ClientConfigError>
                 source: std::io::Error::other(e),
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_busy;
+
+    #[test]
+    fn the_least_busy_live_session_wins_and_ties_go_to_the_first() {
+        assert_eq!(least_busy([Some(0), Some(0)]), Some(0));
+        assert_eq!(least_busy([Some(1), Some(0)]), Some(1));
+        assert_eq!(least_busy([Some(2), Some(1), Some(1)]), Some(1));
+        assert_eq!(least_busy([Some(3), Some(5), Some(4)]), Some(0));
+    }
+
+    #[test]
+    fn slots_without_a_live_session_are_skipped() {
+        assert_eq!(least_busy([None, Some(7)]), Some(1));
+        assert_eq!(least_busy([None, Some(2), None, Some(1)]), Some(3));
+        assert_eq!(least_busy([None, None]), None);
+        assert_eq!(least_busy(std::iter::empty()), None);
+    }
 }
