@@ -213,13 +213,14 @@ impl Pool {
 /// index of the lowest count, the first of equals; `None` when no session
 /// is live.
 ///
-/// Why not round-robin: a short connection's teardown (EOF, then CLOSE
-/// each way) overlaps the next connection. On one session sshd reads the
-/// last teardown and the next open in one pass of its loop, as it does for
-/// `ssh -L`; spread over sessions (separate sshd processes), each wakes for
-/// its part alone, which cost new connections 3-10% against `ssh -L` on 2
-/// cores (BENCHMARKS.md, Tunnel, issue 12). Parallel transfers still spread
-/// over every session, one sshd process each.
+/// Why not round-robin: it sends consecutive connections to different
+/// sshd processes. Back to back, a short connection's teardown (EOF, then
+/// CLOSE each way) overlaps the next one, which one session reads in one
+/// pass of sshd's loop, as for `ssh -L`; spaced out, each connection found
+/// a process (and a path in the agent) that had slept. Connections 2 ms
+/// apart took 1.10-1.16x `ssh -L`'s time on 2 cores, 1.02-1.05x this way
+/// (BENCHMARKS.md, Tunnel, issue 12, eighth run). Parallel transfers still
+/// spread over every session, one sshd process each.
 pub fn least_busy(counts: impl IntoIterator<Item = Option<usize>>) -> Option<usize> {
     counts
         .into_iter()
