@@ -187,8 +187,9 @@ impl Pool {
         }
     }
 
-    /// Two connections accepted at the same moment may both see the same
-    /// count and share a session: the balance is a preference, not a rule.
+    /// The [`least_busy`] live session, counted as used from here on. Two
+    /// connections accepted at the same moment may both see the same count
+    /// and share a session: the balance is a preference, not a rule.
     fn pick(&self) -> Option<SessionUse> {
         let live: Vec<Option<SshHandle>> = self
             .slots
