@@ -11,7 +11,7 @@ use std::time::Duration;
 use portplane_e2e::sshd::{Sshd, descendants};
 use portplane_e2e::workspace_bin;
 use tunnel_support::{
-    Agent, config_for, echo_once, echo_server, listen_port, wait_echo, wait_until,
+    Agent, config_for, echo_once, echo_server, listen_port, wait_echo, wait_until, with_sessions,
 };
 
 /// misc.c `set_nodelay` (DEBUG2): once for the connection of a session that
@@ -31,10 +31,10 @@ fn every_session_gets_tcp_nodelay_and_its_command_channel_is_closed() {
     let sshd = Sshd::start_with_log_level("DEBUG2").unwrap();
     let port = listen_port();
     let echo = echo_server();
-    let agent = Agent::start(
-        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], "")
-            .replace("[ssh]\n", "[ssh]\nsessions = 2\n"),
-    );
+    let agent = Agent::start(&with_sessions(
+        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], ""),
+        2,
+    ));
     agent.wait_log("ssh session up", 2, Duration::from_secs(20));
     wait_until(
         Duration::from_secs(20),
@@ -128,10 +128,10 @@ fn a_forced_command_that_prints_is_drained_and_ends_on_eof() {
     .unwrap();
     let port = listen_port();
     let echo = echo_server();
-    let agent = Agent::start(
-        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], "")
-            .replace("[ssh]\n", "[ssh]\nsessions = 2\n"),
-    );
+    let agent = Agent::start(&with_sessions(
+        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], ""),
+        2,
+    ));
     agent.wait_log(
         "sshd runs `true`: TCP_NODELAY is on",
         2,

@@ -16,7 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use portplane_e2e::sshd::Sshd;
-use tunnel_support::{Agent, config_for, echo_server, listen_port, wait_echo, wait_until};
+use tunnel_support::{
+    Agent, config_for, echo_server, listen_port, wait_echo, wait_until, with_sessions,
+};
 
 /// sshd's established sockets to 127.0.0.1:`target`, as (local port, pid).
 fn sshd_sockets_to(target: u16) -> BTreeSet<(u16, u32)> {
@@ -106,10 +108,10 @@ fn new_connections_go_to_the_least_busy_session_ties_to_the_first() {
     let sshd = Sshd::start().unwrap();
     let echo = echo_server();
     let port = listen_port();
-    let agent = Agent::start(
-        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], "")
-            .replace("[ssh]\n", "[ssh]\nsessions = 2\n"),
-    );
+    let agent = Agent::start(&with_sessions(
+        &config_for(&sshd, &[("echo", port, format!("127.0.0.1:{echo}"))], ""),
+        2,
+    ));
     agent.wait_log("ssh session up", 2, Duration::from_secs(20));
     wait_echo(&agent, port, Duration::from_secs(10));
 

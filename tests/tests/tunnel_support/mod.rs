@@ -122,7 +122,13 @@ pub fn config_for(sshd: &Sshd, forwards: &[(&str, u16, String)], extra: &str) ->
 /// `config` (from [`config_for`]) with a pool of one SSH session, so that
 /// every connection of the test shares it: its queue, its pauses, its keys.
 pub fn one_session(config: &str) -> String {
-    config.replace("[ssh]\n", "[ssh]\nsessions = 1\n")
+    with_sessions(config, 1)
+}
+
+/// `config` (from [`config_for`]) with a pool of `n` SSH sessions, whatever
+/// the core count (the default).
+pub fn with_sessions(config: &str, n: usize) -> String {
+    config.replace("[ssh]\n", &format!("[ssh]\nsessions = {n}\n"))
 }
 
 /// [`config_for`] with one forward, the agent named `name`, and a
