@@ -166,6 +166,8 @@ impl Pool {
     /// The live session with the fewest connections still sending, ties to
     /// the first ([`least_busy`]); waits up to `grace` when none is up.
     pub async fn session(&self, grace: Duration) -> Option<SessionUse> {
+        // A session is up: no watchers to clone (the loop's are taken
+        // before its pick, so that no change between the two is missed).
         if let Some(found) = self.pick() {
             return Some(found);
         }
