@@ -102,3 +102,54 @@ fn a_transfer_cut_by_a_lost_session_ends_in_a_reset_not_an_eof() {
         Duration::from_secs(5),
     );
 }
+
+/// Requests sent and half-closed while no session exists are read at
+/// once (the agent holds up to 64 KiB of each for its channel, see
+/// `read_early`) and must still reach the server whole, in order, the EOF
+/// after them, once a session is back: the server answers only after that
+/// EOF. One request fits what is held, the other is 16 times larger.
+#[test]
+fn requests_half_closed_during_an_outage_are_answered_after_it() {
+    use std::io::{Read, Write};
+    let mut sshd = Sshd::start().unwrap();
+    let server = tunnel_support::answer_after_eof_server();
+    let port = tunnel_support::listen_port();
+    let agent = tunnel_support::Agent::start(&tunnel_support::config_for(
+        &sshd,
+        &[("answer", port, format!("127.0.0.1:{server}"))],
+        "",
+    ));
+    agent.wait_log("ssh session up", 1, Duration::from_secs(20));
+    sshd.stop();
+    agent.wait_log("ssh session lost", 1, Duration::from_secs(15));
+
+    let clients: Vec<_> = [1_000usize, 1 << 20]
+        .into_iter()
+        .map(|len| {
+            let request: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            // The large one cannot all be taken before the channel opens.
+            std::thread::spawn(move || {
+                client.write_all(&request).unwrap();
+                client.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut answer = Vec::new();
+                let read = client.read_to_end(&mut answer);
+                (request, answer, read)
+            })
+        })
+        .collect();
+    sshd.restart().unwrap();
+    for client in clients {
+        let (request, answer, read) = client.join().unwrap();
+        assert!(
+            read.is_ok(),
+            "reading the answer: {read:?}\n{}",
+            agent.log()
+        );
+        assert_eq!(answer.len(), request.len(), "{}", agent.log());
+        assert!(answer == request, "the answer differs from the request");
+    }
+}

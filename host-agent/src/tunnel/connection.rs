@@ -4,18 +4,19 @@
 //! socket (see `tunnel::channel_sink`, which also explains why we never read the
 //! channel's own queue); this task only writes what had to be queued while
 //! the client was slow. Client -> server: the same task reads the client and
-//! sends channel data.
+//! sends channel data; what the client sent while the channel was being
+//! opened is sent by the session itself on the confirmation (`read_early`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use russh::ChannelWriteHalf;
+use bytes::{Bytes, BytesMut};
 use russh::client::Msg;
+use russh::{ChannelWriteHalf, EarlyData};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::listener::Counters;
 use super::pool::{Pool, SessionUse};
@@ -49,7 +50,28 @@ pub async fn forward(
     counters: &Arc<Counters>,
 ) {
     let _ = client.set_nodelay(true);
-    let Some((session_use, channel)) = open_channel(&shared, &target, &forward).await else {
+    let (mut client_read, client_write) = client.into_split();
+    // The client usually speaks first (a TLS ClientHello): read it while
+    // the open is in flight, and the session sends it as it handles the
+    // confirmation, without first waking this task (see `read_early`).
+    let early_data = EarlyData::new();
+    let mut early_end = None;
+    // One buffer for both reads: the early data and what follows share
+    // its allocation.
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let opened = {
+        let opening = open_channel(&shared, &target, &forward, &early_data);
+        tokio::pin!(opening);
+        let reading = read_early(&mut client_read, &mut buf, &early_data, counters);
+        tokio::pin!(reading);
+        loop {
+            tokio::select! {
+                opened = &mut opening => break opened,
+                end = &mut reading, if early_end.is_none() => early_end = Some(end),
+            }
+        }
+    };
+    let Some((session_use, channel)) = opened else {
         return;
     };
     let session = session_use.session().clone();
@@ -57,7 +79,6 @@ pub async fn forward(
     // `Pool::session`): a connection only receiving no longer holds new
     // ones off its session.
     let mut session_use = Some(session_use);
-    let (client_read, client_write) = client.into_split();
     let client_write = Arc::new(client_write);
     // Claimed before anything can await: data the server sent first is
     // already waiting in the sink.
@@ -84,6 +105,8 @@ pub async fn forward(
     // channel opens included, reached that session again.
     let mut upstream = Box::pin(client_to_server(
         client_read,
+        buf,
+        early_end,
         to_server.half.clone(),
         counters.clone(),
     ));
@@ -203,12 +226,70 @@ enum Upstream {
     ClientReset,
 }
 
+/// How reading the client while the channel was being opened ended.
+#[derive(Debug)]
+enum Early {
+    /// `READ_CHUNK` bytes are queued: the rest waits for the channel.
+    Full,
+    /// Read after the confirmation: to be sent first through the channel.
+    Late(Bytes),
+    Eof,
+    Reset,
+}
+
+/// Read the client into `early_data` until the channel is confirmed, at
+/// most `READ_CHUNK` bytes (what one read would take anyway, so the wait
+/// holds no more than a connection's usual buffer). Dropped, when the
+/// open completes first, between reads: everything read is queued or
+/// returned by then (`read_buf` is cancel-safe).
+async fn read_early(
+    client_read: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    early_data: &EarlyData,
+    counters: &Counters,
+) -> Early {
+    let mut queued = 0;
+    while queued < READ_CHUNK {
+        buf.reserve(READ_CHUNK - queued);
+        match client_read.read_buf(buf).await {
+            Ok(0) => return Early::Eof,
+            Err(_) => return Early::Reset,
+            Ok(n) => {
+                queued += n;
+                counters
+                    .bytes_from_clients
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                if let Err(late) = early_data.push(buf.split().freeze()) {
+                    return Early::Late(late);
+                }
+            }
+        }
+    }
+    Early::Full
+}
+
+/// Client to server: first how the early read ended (if it did), then
+/// the client read until its EOF, passed on as CHANNEL_EOF.
 async fn client_to_server(
-    mut client_read: tokio::net::tcp::OwnedReadHalf,
+    mut client_read: OwnedReadHalf,
+    mut buf: BytesMut,
+    early_end: Option<Early>,
     to_server: Arc<ChannelWriteHalf<Msg>>,
     counters: Arc<Counters>,
 ) -> Upstream {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    match early_end {
+        Some(Early::Late(data)) => {
+            if to_server.data_bytes(data).await.is_err() {
+                return Upstream::Ended;
+            }
+        }
+        Some(Early::Eof) => {
+            let _ = to_server.eof().await;
+            return Upstream::Ended;
+        }
+        Some(Early::Reset) => return Upstream::ClientReset,
+        Some(Early::Full) | None => {}
+    }
     loop {
         buf.reserve(READ_CHUNK);
         match client_read.read_buf(&mut buf).await {
@@ -229,10 +310,14 @@ async fn client_to_server(
     }
 }
 
+/// Open the channel on a live session, retrying on the next one while the
+/// outage grace lasts. What the client sent meanwhile is in `early_data`,
+/// which goes with each attempt until a session takes it.
 async fn open_channel(
     shared: &PoolWithGrace,
     target: &Target,
     forward: &str,
+    early_data: &EarlyData,
 ) -> Option<(SessionUse, russh::Channel<russh::client::Msg>)> {
     let deadline = tokio::time::Instant::now() + shared.outage_grace;
     loop {
@@ -248,12 +333,24 @@ async fn open_channel(
         match session
             .session()
             .handle
-            .channel_open_direct_tcpip(target.host.clone(), u32::from(target.port), "127.0.0.1", 0)
+            .channel_open_direct_tcpip_with_early_data(
+                target.host.clone(),
+                u32::from(target.port),
+                "127.0.0.1",
+                0,
+                early_data.clone(),
+            )
             .await
         {
             Ok(channel) => return Some((session, channel)),
             Err(russh::Error::ChannelOpenFailure(reason)) => {
                 tracing::warn!(forward, %target, ?reason, "the ssh server could not reach the target");
+                return None;
+            }
+            // The session ended as it took the client's first bytes: they
+            // are lost, and the stream cannot be resumed elsewhere.
+            Err(error) if early_data.is_closed() => {
+                tracing::warn!(forward, %error, "ssh session lost while opening the channel; closing the client connection");
                 return None;
             }
             // The session died under us: wait for the next one.

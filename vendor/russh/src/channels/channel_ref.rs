@@ -1,6 +1,6 @@
 use tokio::sync::mpsc::Sender;
 
-use super::WindowSizeRef;
+use super::{EarlyData, WindowSizeRef};
 use crate::ChannelMsg;
 
 /// A handle to the [`super::Channel`]'s to be able to transmit messages
@@ -9,6 +9,8 @@ use crate::ChannelMsg;
 pub struct ChannelRef {
     pub(super) sender: Sender<ChannelMsg>,
     pub(super) window_size: WindowSizeRef,
+    /// Sent by the session on the open confirmation (client only).
+    pub(crate) early_data: Option<EarlyData>,
 }
 
 impl ChannelRef {
@@ -16,6 +18,15 @@ impl ChannelRef {
         Self {
             sender,
             window_size: WindowSizeRef::new(0),
+            early_data: None,
+        }
+    }
+
+    /// A channel being opened with data to send on its confirmation.
+    pub(crate) fn with_early_data(sender: Sender<ChannelMsg>, early_data: EarlyData) -> Self {
+        Self {
+            early_data: Some(early_data),
+            ..Self::new(sender)
         }
     }
 

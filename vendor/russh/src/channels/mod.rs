@@ -15,6 +15,9 @@ pub use channel_ref::ChannelRef;
 mod channel_stream;
 pub use channel_stream::ChannelStream;
 
+mod early_data;
+pub use early_data::EarlyData;
+
 #[derive(Debug)]
 #[non_exhaustive]
 /// Possible messages that [Channel::wait] can receive.
@@ -486,6 +489,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
             ChannelRef {
                 sender: tx,
                 window_size,
+                early_data: None,
             },
         )
     }

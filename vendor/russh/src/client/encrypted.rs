@@ -524,12 +524,26 @@ impl Session {
                     return Err(crate::Error::Inconsistent.into());
                 };
 
+                // Early data goes out first, from this task: the channel's
+                // own sends can only follow, once it has the Open below.
+                let early_data = self
+                    .channels
+                    .get(&local_id)
+                    .and_then(|channel| channel.early_data.as_ref())
+                    .map(|early_data| early_data.take())
+                    .unwrap_or_default();
+                let mut early_len = 0u32;
+                for data in early_data {
+                    early_len = early_len.saturating_add(data.len().try_into().unwrap_or(u32::MAX));
+                    self.data(local_id, data)?;
+                }
+
                 if let Some(channel) = self.channels.get(&local_id) {
                     channel
                         .send(ChannelMsg::Open {
                             id: local_id,
                             max_packet_size: msg.maximum_packet_size,
-                            window_size: msg.initial_window_size,
+                            window_size: msg.initial_window_size.saturating_sub(early_len),
                         })
                         .await
                         .unwrap_or(());
@@ -600,6 +614,9 @@ impl Session {
                 }
 
                 if let Some(sender) = self.channels.remove(&channel_num) {
+                    if let Some(early_data) = &sender.early_data {
+                        early_data.take();
+                    }
                     let _ = sender
                         .send(ChannelMsg::OpenFailure(reason_code.clone()))
                         .await;

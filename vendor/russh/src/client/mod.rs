@@ -59,7 +59,7 @@ use tokio::sync::oneshot;
 pub use crate::auth::AuthResult;
 use crate::cert::PublicKeyOrCertificate;
 use crate::channels::{
-    Channel, ChannelMsg, ChannelReadHalf, ChannelRef, ChannelWriteHalf, WindowSizeRef,
+    Channel, ChannelMsg, ChannelReadHalf, ChannelRef, ChannelWriteHalf, EarlyData, WindowSizeRef,
 };
 use crate::cipher::{self, OpeningKey, clear};
 use crate::kex::{KexAlgorithmImplementor, KexCause, KexProgress, SessionKexState};
@@ -896,6 +896,40 @@ impl<H: Handler> Handle<H> {
     ) -> Result<Channel<Msg>, crate::Error> {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
+        let window_size_ref = channel_ref.window_size().clone();
+
+        self.sender
+            .send(Msg::ChannelOpenDirectTcpIp {
+                host_to_connect: host_to_connect.into(),
+                port_to_connect,
+                originator_address: originator_address.into(),
+                originator_port,
+                channel_ref,
+            })
+            .await
+            .map_err(|_| crate::Error::SendError)?;
+        self.wait_channel_confirmation(receiver, window_size_ref)
+            .await
+    }
+
+    /// [`channel_open_direct_tcpip`](Self::channel_open_direct_tcpip), and
+    /// what is pushed to `early_data` before the server confirms the
+    /// channel is sent by the session as it handles the confirmation (see
+    /// [`EarlyData`]). The channel returned has that much less window.
+    ///
+    /// If this fails because the session ended and `early_data` is not
+    /// [closed](EarlyData::is_closed), none of it was sent: it can be
+    /// passed to an open on another session.
+    pub async fn channel_open_direct_tcpip_with_early_data<A: Into<String>, B: Into<String>>(
+        &self,
+        host_to_connect: A,
+        port_to_connect: u32,
+        originator_address: B,
+        originator_port: u32,
+        early_data: EarlyData,
+    ) -> Result<Channel<Msg>, crate::Error> {
+        let (sender, receiver) = channel(self.channel_buffer_size);
+        let channel_ref = ChannelRef::with_early_data(sender, early_data);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender

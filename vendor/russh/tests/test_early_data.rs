@@ -1,0 +1,167 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! `Handle::channel_open_direct_tcpip_with_early_data`: what is pushed
+//! before the server confirms goes out first, sent by the session itself;
+//! what comes after is given back to the caller, and follows it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::*;
+use ssh_key::PrivateKey;
+use tokio::sync::mpsc;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn early_data_goes_out_on_the_confirmation_before_later_data() {
+    let (opens_tx, mut opens) = mpsc::unbounded_channel();
+    let (data_tx, mut received) = mpsc::unbounded_channel();
+    let session = connect(Server { opens: opens_tx, data: data_tx }).await;
+
+    let early = EarlyData::new();
+    let opening = {
+        let early = early.clone();
+        tokio::spawn(async move {
+            session
+                .channel_open_direct_tcpip_with_early_data("target", 80, "127.0.0.1", 0, early)
+                .await
+                .map(|channel| (session, channel))
+        })
+    };
+    // The server holds the open until the early data is queued.
+    let reply = tokio::time::timeout(TIMEOUT, opens.recv()).await.unwrap().unwrap();
+    early.push(bytes::Bytes::from_static(b"client ")).unwrap();
+    early.push(bytes::Bytes::from_static(b"hello, ")).unwrap();
+    reply.accept().await;
+
+    let (_session, channel) = tokio::time::timeout(TIMEOUT, opening)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Confirmed: the session took the queue, and gives later data back.
+    assert!(early.is_closed());
+    let late = early.push(bytes::Bytes::from_static(b"then more")).unwrap_err();
+    // The server saw the early data without the caller sending any.
+    let mut got = Vec::new();
+    while got.len() < b"client hello, ".len() {
+        got.extend(tokio::time::timeout(TIMEOUT, received.recv()).await.unwrap().unwrap());
+    }
+    assert_eq!(got, b"client hello, ");
+
+    channel.data(&late[..]).await.unwrap();
+    let mut rest = Vec::new();
+    while rest.len() < late.len() {
+        rest.extend(tokio::time::timeout(TIMEOUT, received.recv()).await.unwrap().unwrap());
+    }
+    assert_eq!(rest, b"then more");
+}
+
+#[tokio::test]
+async fn a_refused_open_closes_the_early_data() {
+    let (opens_tx, mut opens) = mpsc::unbounded_channel();
+    let (data_tx, _received) = mpsc::unbounded_channel();
+    let session = connect(Server { opens: opens_tx, data: data_tx }).await;
+
+    let early = EarlyData::new();
+    let opening = {
+        let early = early.clone();
+        tokio::spawn(async move {
+            session
+                .channel_open_direct_tcpip_with_early_data("target", 80, "127.0.0.1", 0, early)
+                .await
+                .map(|_| ())
+        })
+    };
+    let reply = tokio::time::timeout(TIMEOUT, opens.recv()).await.unwrap().unwrap();
+    early.push(bytes::Bytes::from_static(b"never sent")).unwrap();
+    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+
+    let refused = tokio::time::timeout(TIMEOUT, opening).await.unwrap().unwrap();
+    assert!(matches!(refused, Err(Error::ChannelOpenFailure(_))), "{refused:?}");
+    assert!(early.is_closed());
+}
+
+async fn connect(server: Server) -> client::Handle<Client> {
+    let client_key = PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap();
+    let mut config = server::Config::default();
+    config.inactivity_timeout = None;
+    config
+        .keys
+        .push(PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        server::run_stream(Arc::new(config), socket, server)
+            .await
+            .unwrap();
+    });
+    let mut session = client::connect(Arc::new(client::Config::default()), addr, Client)
+        .await
+        .unwrap();
+    let auth = session
+        .authenticate_publickey(
+            "user",
+            PrivateKeyWithHashAlg::new(Arc::new(client_key), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    session
+}
+
+struct Client;
+
+impl client::Handler for Client {
+    type Error = Error;
+
+    async fn check_server_key(&mut self, _: &PublicKeyOrCertificate) -> Result<bool, Error> {
+        Ok(true)
+    }
+}
+
+/// Hands each direct-tcpip open's reply to the test, and each payload
+/// received.
+struct Server {
+    opens: mpsc::UnboundedSender<server::ChannelOpenHandle>,
+    data: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl server::Handler for Server {
+    type Error = Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _: &str,
+        _: server::VerifiedPublicKey<'_>,
+    ) -> Result<server::Auth, Error> {
+        Ok(server::Auth::Accept)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<server::Msg>,
+        _host: &str,
+        _port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut server::Session,
+    ) -> Result<(), Error> {
+        let _ = self.opens.send(reply);
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        data: &[u8],
+        _session: &mut server::Session,
+    ) -> Result<(), Error> {
+        let _ = self.data.send(data.to_vec());
+        Ok(())
+    }
+}
