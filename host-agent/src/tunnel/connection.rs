@@ -59,10 +59,17 @@ pub async fn forward(
     // One buffer for both reads: the early data and what follows share
     // its allocation.
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut read_early_bytes = 0;
     let opened = {
         let opening = open_channel(&shared, &target, &forward, &early_data);
         tokio::pin!(opening);
-        let reading = read_early(&mut client_read, &mut buf, &early_data, counters);
+        let reading = read_early(
+            &mut client_read,
+            &mut buf,
+            &early_data,
+            counters,
+            &mut read_early_bytes,
+        );
         tokio::pin!(reading);
         loop {
             tokio::select! {
@@ -72,8 +79,19 @@ pub async fn forward(
         }
     };
     let Some((session_use, channel)) = opened else {
+        // Nothing reached the server. What the client sent, the agent has
+        // read: close with a reset, as the kernel does for a socket closed
+        // with unread data, not an EOF that looks like an answer.
+        if read_early_bytes > 0 {
+            let _ = client_write.as_ref().set_zero_linger();
+            // Dropping the write half would shut it down (a FIN) first.
+            client_write.forget();
+        }
         return;
     };
+    // What the server's window could not take on the confirmation; sent
+    // before anything read later.
+    let unsent = early_data.take();
     let session = session_use.session().clone();
     // Counted as busy until the client has sent everything (see
     // `Pool::session`): a connection only receiving no longer holds new
@@ -106,6 +124,7 @@ pub async fn forward(
     let mut upstream = Box::pin(client_to_server(
         client_read,
         buf,
+        unsent,
         early_end,
         to_server.half.clone(),
         counters.clone(),
@@ -238,7 +257,7 @@ enum Early {
 }
 
 /// Read the client into `early_data` until the channel is confirmed, at
-/// most `READ_CHUNK` bytes (what one read would take anyway, so the wait
+/// most `READ_CHUNK` bytes (counted in `queued`) (what one read would take anyway, so the wait
 /// holds no more than a connection's usual buffer). Dropped, when the
 /// open completes first, between reads: everything read is queued or
 /// returned by then (`read_buf` is cancel-safe).
@@ -247,15 +266,15 @@ async fn read_early(
     buf: &mut BytesMut,
     early_data: &EarlyData,
     counters: &Counters,
+    queued: &mut usize,
 ) -> Early {
-    let mut queued = 0;
-    while queued < READ_CHUNK {
-        buf.reserve(READ_CHUNK - queued);
+    while *queued < READ_CHUNK {
+        buf.reserve(READ_CHUNK - *queued);
         match client_read.read_buf(buf).await {
             Ok(0) => return Early::Eof,
             Err(_) => return Early::Reset,
             Ok(n) => {
-                queued += n;
+                *queued += n;
                 counters
                     .bytes_from_clients
                     .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -268,15 +287,22 @@ async fn read_early(
     Early::Full
 }
 
-/// Client to server: first how the early read ended (if it did), then
-/// the client read until its EOF, passed on as CHANNEL_EOF.
+/// Client to server: first what the session left of the early data
+/// (`unsent`) and how the early read ended (if it did), then the client
+/// read until its EOF, passed on as CHANNEL_EOF.
 async fn client_to_server(
     mut client_read: OwnedReadHalf,
     mut buf: BytesMut,
+    unsent: Vec<Bytes>,
     early_end: Option<Early>,
     to_server: Arc<ChannelWriteHalf<Msg>>,
     counters: Arc<Counters>,
 ) -> Upstream {
+    for data in unsent {
+        if to_server.data_bytes(data).await.is_err() {
+            return Upstream::Ended;
+        }
+    }
     match early_end {
         Some(Early::Late(data)) => {
             if to_server.data_bytes(data).await.is_err() {

@@ -41,22 +41,59 @@ async fn early_data_goes_out_on_the_confirmation_before_later_data() {
         .unwrap()
         .unwrap()
         .unwrap();
-    // Confirmed: the session took the queue, and gives later data back.
+    // Confirmed: the session took the queue, and gives later data back,
+    // which the caller sends at once: it must arrive after the queue.
     assert!(early.is_closed());
+    assert!(early.take().is_empty(), "it all fitted the window");
     let late = early.push(bytes::Bytes::from_static(b"then more")).unwrap_err();
-    // The server saw the early data without the caller sending any.
+    channel.data(&late[..]).await.unwrap();
+    let expected = b"client hello, then more";
     let mut got = Vec::new();
-    while got.len() < b"client hello, ".len() {
+    while got.len() < expected.len() {
         got.extend(tokio::time::timeout(TIMEOUT, received.recv()).await.unwrap().unwrap());
     }
-    assert_eq!(got, b"client hello, ");
+    assert_eq!(got, expected);
+}
 
-    channel.data(&late[..]).await.unwrap();
-    let mut rest = Vec::new();
-    while rest.len() < late.len() {
-        rest.extend(tokio::time::timeout(TIMEOUT, received.recv()).await.unwrap().unwrap());
+/// The session sends no more than the server's initial window; the rest
+/// is left for the caller, who sends it first.
+#[tokio::test]
+async fn early_data_beyond_the_window_is_left_to_the_caller() {
+    let (opens_tx, mut opens) = mpsc::unbounded_channel();
+    let (data_tx, mut received) = mpsc::unbounded_channel();
+    let session = connect_with_window(Server { opens: opens_tx, data: data_tx }, 1024).await;
+
+    let early = EarlyData::new();
+    let opening = {
+        let early = early.clone();
+        tokio::spawn(async move {
+            session
+                .channel_open_direct_tcpip_with_early_data("target", 80, "127.0.0.1", 0, early)
+                .await
+                .map(|channel| (session, channel))
+        })
+    };
+    let reply = tokio::time::timeout(TIMEOUT, opens.recv()).await.unwrap().unwrap();
+    let request: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    early.push(bytes::Bytes::copy_from_slice(&request[..3000])).unwrap();
+    early.push(bytes::Bytes::copy_from_slice(&request[3000..])).unwrap();
+    reply.accept().await;
+    let (_session, channel) = tokio::time::timeout(TIMEOUT, opening)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let left = early.take();
+    assert_eq!(left.iter().map(|b| b.len()).sum::<usize>(), 4096 - 1024);
+    for data in left {
+        channel.data(&data[..]).await.unwrap();
     }
-    assert_eq!(rest, b"then more");
+    let mut got = Vec::new();
+    while got.len() < request.len() {
+        got.extend(tokio::time::timeout(TIMEOUT, received.recv()).await.unwrap().unwrap());
+    }
+    assert_eq!(got, request);
 }
 
 #[tokio::test]
@@ -85,9 +122,15 @@ async fn a_refused_open_closes_the_early_data() {
 }
 
 async fn connect(server: Server) -> client::Handle<Client> {
+    connect_with_window(server, server::Config::default().window_size).await
+}
+
+/// A session whose server grants each channel `window` bytes.
+async fn connect_with_window(server: Server, window: u32) -> client::Handle<Client> {
     let client_key = PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap();
     let mut config = server::Config::default();
     config.inactivity_timeout = None;
+    config.window_size = window;
     config
         .keys
         .push(PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap());

@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -13,10 +14,11 @@ use bytes::Bytes;
 /// handing the confirmation to the task that opened the channel and
 /// waiting for that task to send it.
 ///
-/// Once the channel is confirmed (or refused, or the session ends) the
-/// value is closed: `push` gives the data back, and the caller sends it
-/// through the [`Channel`](crate::Channel) the open returns, after
-/// everything pushed before.
+/// The session sends no more than the server's initial window; the rest
+/// stays queued. Once the channel is confirmed (or refused) the value is
+/// closed: `push` gives the data back, and the caller sends it through
+/// the [`Channel`](crate::Channel) the open returns, after what
+/// [`take`](EarlyData::take) returns (what did not fit the window).
 ///
 /// The caller bounds what it pushes; nothing here limits it.
 #[derive(Clone, Debug, Default)]
@@ -26,7 +28,7 @@ pub struct EarlyData {
 
 #[derive(Debug, Default)]
 struct State {
-    queued: Vec<Bytes>,
+    queued: VecDeque<Bytes>,
     closed: bool,
 }
 
@@ -44,7 +46,7 @@ impl EarlyData {
         if state.closed {
             return Err(data);
         }
-        state.queued.push(data);
+        state.queued.push_back(data);
         Ok(())
     }
 
@@ -56,18 +58,44 @@ impl EarlyData {
         self.state.lock().map_or(true, |state| state.closed)
     }
 
-    /// Close, and return what was queued: later pushes fail. Called by the
-    /// session on the confirmation or the refusal.
+    /// Close, and return what was queued: later pushes fail. The caller
+    /// calls it after the open returns, for what the session left (see
+    /// [`take_within`](Self::take_within)), and sends that first.
     pub fn take(&self) -> Vec<Bytes> {
         match self.state.lock() {
             Ok(mut state) => {
                 state.closed = true;
-                std::mem::take(&mut state.queued)
+                Vec::from(std::mem::take(&mut state.queued))
             }
             // Only a panic while holding the lock poisons it, and no code
             // here panics; treat it as closed and empty.
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Close, and return the first `limit` bytes queued, leaving the rest
+    /// for [`take`](Self::take). The session calls it on the confirmation
+    /// with the server's initial window, so that what it sends never waits
+    /// in its own queue (where it would hold up every channel's sends).
+    pub(crate) fn take_within(&self, limit: usize) -> Vec<Bytes> {
+        let Ok(mut state) = self.state.lock() else {
+            return Vec::new();
+        };
+        state.closed = true;
+        let mut taken = Vec::new();
+        let mut room = limit;
+        while room > 0 {
+            let Some(first) = state.queued.front_mut() else {
+                break;
+            };
+            if first.len() > room {
+                taken.push(first.split_to(room));
+                break;
+            }
+            room -= first.len();
+            taken.extend(state.queued.pop_front());
+        }
+        taken
     }
 }
 
@@ -91,5 +119,19 @@ mod tests {
         );
         assert!(early.is_closed());
         assert!(early.take().is_empty());
+    }
+
+    #[test]
+    fn take_within_leaves_what_does_not_fit_for_the_caller() {
+        let early = EarlyData::new();
+        early.push(Bytes::from_static(b"abc")).unwrap();
+        early.push(Bytes::from_static(b"defg")).unwrap();
+        assert_eq!(
+            early.take_within(5),
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"de")]
+        );
+        assert!(early.is_closed());
+        assert_eq!(early.take(), vec![Bytes::from_static(b"fg")]);
+        assert!(early.take_within(10).is_empty());
     }
 }

@@ -526,11 +526,13 @@ impl Session {
 
                 // Early data goes out first, from this task: the channel's
                 // own sends can only follow, once it has the Open below.
+                // No more than the window: the rest is the caller's to send.
+                let window = usize::try_from(msg.initial_window_size).unwrap_or(usize::MAX);
                 let early_data = self
                     .channels
                     .get(&local_id)
                     .and_then(|channel| channel.early_data.as_ref())
-                    .map(|early_data| early_data.take())
+                    .map(|early_data| early_data.take_within(window))
                     .unwrap_or_default();
                 let mut early_len = 0u32;
                 for data in early_data {

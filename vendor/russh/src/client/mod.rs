@@ -915,7 +915,10 @@ impl<H: Handler> Handle<H> {
     /// [`channel_open_direct_tcpip`](Self::channel_open_direct_tcpip), and
     /// what is pushed to `early_data` before the server confirms the
     /// channel is sent by the session as it handles the confirmation (see
-    /// [`EarlyData`]). The channel returned has that much less window.
+    /// [`EarlyData`]), as much as the server's initial window allows. The
+    /// channel returned has that much less window; what did not fit is
+    /// left in `early_data`, closed: [`EarlyData::take`] it and send it
+    /// through the channel before anything else.
     ///
     /// If this fails because the session ended and `early_data` is not
     /// [closed](EarlyData::is_closed), none of it was sent: it can be
