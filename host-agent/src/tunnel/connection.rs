@@ -256,11 +256,11 @@ enum Early {
     Reset,
 }
 
-/// Read the client into `early_data` until the channel is confirmed, at
-/// most `READ_CHUNK` bytes (counted in `queued`) (what one read would take anyway, so the wait
-/// holds no more than a connection's usual buffer). Dropped, when the
-/// open completes first, between reads: everything read is queued or
-/// returned by then (`read_buf` is cancel-safe).
+/// Read the client into `early_data` until the channel is confirmed: at
+/// most `READ_CHUNK` bytes, what one read would take anyway, so a waiting
+/// connection holds no more than its usual buffer (`queued` counts them).
+/// Dropped between reads when the open completes first: everything read
+/// is queued or returned by then (`read_buf` is cancel-safe).
 async fn read_early(
     client_read: &mut OwnedReadHalf,
     buf: &mut BytesMut,

@@ -894,22 +894,14 @@ impl<H: Handler> Handle<H> {
         originator_address: B,
         originator_port: u32,
     ) -> Result<Channel<Msg>, crate::Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
-        let window_size_ref = channel_ref.window_size().clone();
-
-        self.sender
-            .send(Msg::ChannelOpenDirectTcpIp {
-                host_to_connect: host_to_connect.into(),
-                port_to_connect,
-                originator_address: originator_address.into(),
-                originator_port,
-                channel_ref,
-            })
-            .await
-            .map_err(|_| crate::Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
-            .await
+        self.open_direct_tcpip(
+            host_to_connect.into(),
+            port_to_connect,
+            originator_address.into(),
+            originator_port,
+            None,
+        )
+        .await
     }
 
     /// [`channel_open_direct_tcpip`](Self::channel_open_direct_tcpip), and
@@ -931,15 +923,36 @@ impl<H: Handler> Handle<H> {
         originator_port: u32,
         early_data: EarlyData,
     ) -> Result<Channel<Msg>, crate::Error> {
+        self.open_direct_tcpip(
+            host_to_connect.into(),
+            port_to_connect,
+            originator_address.into(),
+            originator_port,
+            Some(early_data),
+        )
+        .await
+    }
+
+    async fn open_direct_tcpip(
+        &self,
+        host_to_connect: String,
+        port_to_connect: u32,
+        originator_address: String,
+        originator_port: u32,
+        early_data: Option<EarlyData>,
+    ) -> Result<Channel<Msg>, crate::Error> {
         let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::with_early_data(sender, early_data);
+        let channel_ref = match early_data {
+            Some(early_data) => ChannelRef::with_early_data(sender, early_data),
+            None => ChannelRef::new(sender),
+        };
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
             .send(Msg::ChannelOpenDirectTcpIp {
-                host_to_connect: host_to_connect.into(),
+                host_to_connect,
                 port_to_connect,
-                originator_address: originator_address.into(),
+                originator_address,
                 originator_port,
                 channel_ref,
             })
