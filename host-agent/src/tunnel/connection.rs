@@ -83,9 +83,7 @@ pub async fn forward(
         // read: close with a reset, as the kernel does for a socket closed
         // with unread data, not an EOF that looks like an answer.
         if read_early_bytes > 0 {
-            let _ = client_write.as_ref().set_zero_linger();
-            // Dropping the write half would shut it down (a FIN) first.
-            client_write.forget();
+            reset_on_drop(client_write);
         }
         return;
     };
@@ -184,12 +182,17 @@ fn reset_on_close(client_write: Arc<OwnedWriteHalf>) {
     // keeps a copy past its lock); if one were left, dropping ours closes
     // the connection the usual way.
     match Arc::try_unwrap(client_write) {
-        Ok(write) => {
-            let _ = write.as_ref().set_zero_linger();
-            write.forget();
-        }
+        Ok(write) => reset_on_drop(write),
         Err(_) => tracing::debug!("client write half still shared; closing with an EOF"),
     }
+}
+
+/// No linger, and the write half forgotten rather than dropped (dropping
+/// it shuts it down, a FIN): the socket closes with a reset when its read
+/// half is dropped.
+fn reset_on_drop(write: OwnedWriteHalf) {
+    let _ = write.as_ref().set_zero_linger();
+    write.forget();
 }
 
 /// Sends CHANNEL_CLOSE when dropped. russh's split write half has no
