@@ -72,13 +72,7 @@ fn a_transfer_cut_by_a_lost_session_ends_in_a_reset_not_an_eof() {
     use std::io::Read;
     let mut sshd = Sshd::start().unwrap();
     let source = tunnel_support::source_server(None);
-    let port = tunnel_support::listen_port();
-    let agent = tunnel_support::Agent::start(&tunnel_support::config_for(
-        &sshd,
-        &[("endless", port, format!("127.0.0.1:{source}"))],
-        "",
-    ));
-    agent.wait_log("ssh session up", 1, Duration::from_secs(20));
+    let (agent, port) = tunnel_support::forward_agent(&sshd, "endless", source);
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -121,13 +115,7 @@ fn requests_half_closed_during_an_outage_are_answered_after_it() {
     use std::io::{Read, Write};
     let mut sshd = Sshd::start().unwrap();
     let server = tunnel_support::answer_after_eof_server();
-    let port = tunnel_support::listen_port();
-    let agent = tunnel_support::Agent::start(&tunnel_support::config_for(
-        &sshd,
-        &[("answer", port, format!("127.0.0.1:{server}"))],
-        "",
-    ));
-    agent.wait_log("ssh session up", 1, Duration::from_secs(20));
+    let (agent, port) = tunnel_support::forward_agent(&sshd, "answer", server);
     sshd.stop();
     agent.wait_log("ssh session lost", 1, Duration::from_secs(15));
 

@@ -239,6 +239,19 @@ pub fn echo_agent(sshd: &Sshd, ssh_extra: &str) -> (Agent, u16) {
     (agent, port)
 }
 
+/// An agent with one forward, `name`, to 127.0.0.1:`target`, returned with
+/// the forward's port once an SSH session is up.
+pub fn forward_agent(sshd: &Sshd, name: &str, target: u16) -> (Agent, u16) {
+    let port = listen_port();
+    let agent = Agent::start(&config_for(
+        sshd,
+        &[(name, port, format!("127.0.0.1:{target}"))],
+        "",
+    ));
+    agent.wait_log("ssh session up", 1, Duration::from_secs(20));
+    (agent, port)
+}
+
 /// An agent with one SSH session and one forward, "bulk", to a fresh
 /// [`source_server`] sending `bytes` to each client; returned with the
 /// forward's port once the session is up.
