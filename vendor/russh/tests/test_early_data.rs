@@ -21,15 +21,7 @@ async fn early_data_goes_out_on_the_confirmation_before_later_data() {
     let session = connect(Server { opens: opens_tx, data: data_tx }).await;
 
     let early = EarlyData::new();
-    let opening = {
-        let early = early.clone();
-        tokio::spawn(async move {
-            session
-                .channel_open_direct_tcpip_with_early_data("target", 80, "127.0.0.1", 0, early)
-                .await
-                .map(|channel| (session, channel))
-        })
-    };
+    let opening = open(session, &early);
     // The server holds the open until the early data is queued.
     let reply = tokio::time::timeout(TIMEOUT, opens.recv()).await.unwrap().unwrap();
     early.push(bytes::Bytes::from_static(b"client ")).unwrap();
@@ -48,11 +40,7 @@ async fn early_data_goes_out_on_the_confirmation_before_later_data() {
     let late = early.push(bytes::Bytes::from_static(b"then more")).unwrap_err();
     channel.data(&late[..]).await.unwrap();
     let expected = b"client hello, then more";
-    let mut got = Vec::new();
-    while got.len() < expected.len() {
-        got.extend(tokio::time::timeout(TIMEOUT, received.recv()).await.unwrap().unwrap());
-    }
-    assert_eq!(got, expected);
+    assert_eq!(receive(&mut received, expected.len()).await, expected);
 }
 
 /// The session sends no more than the server's initial window; the rest
@@ -64,15 +52,7 @@ async fn early_data_beyond_the_window_is_left_to_the_caller() {
     let session = connect_with_window(Server { opens: opens_tx, data: data_tx }, 1024).await;
 
     let early = EarlyData::new();
-    let opening = {
-        let early = early.clone();
-        tokio::spawn(async move {
-            session
-                .channel_open_direct_tcpip_with_early_data("target", 80, "127.0.0.1", 0, early)
-                .await
-                .map(|channel| (session, channel))
-        })
-    };
+    let opening = open(session, &early);
     let reply = tokio::time::timeout(TIMEOUT, opens.recv()).await.unwrap().unwrap();
     let request: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     early.push(bytes::Bytes::copy_from_slice(&request[..3000])).unwrap();
@@ -89,11 +69,7 @@ async fn early_data_beyond_the_window_is_left_to_the_caller() {
     for data in left {
         channel.data(&data[..]).await.unwrap();
     }
-    let mut got = Vec::new();
-    while got.len() < request.len() {
-        got.extend(tokio::time::timeout(TIMEOUT, received.recv()).await.unwrap().unwrap());
-    }
-    assert_eq!(got, request);
+    assert_eq!(receive(&mut received, request.len()).await, request);
 }
 
 #[tokio::test]
@@ -103,22 +79,42 @@ async fn a_refused_open_closes_the_early_data() {
     let session = connect(Server { opens: opens_tx, data: data_tx }).await;
 
     let early = EarlyData::new();
-    let opening = {
-        let early = early.clone();
-        tokio::spawn(async move {
-            session
-                .channel_open_direct_tcpip_with_early_data("target", 80, "127.0.0.1", 0, early)
-                .await
-                .map(|_| ())
-        })
-    };
+    let opening = open(session, &early);
     let reply = tokio::time::timeout(TIMEOUT, opens.recv()).await.unwrap().unwrap();
     early.push(bytes::Bytes::from_static(b"never sent")).unwrap();
     reply.reject(ChannelOpenFailure::ConnectFailed).await;
 
     let refused = tokio::time::timeout(TIMEOUT, opening).await.unwrap().unwrap();
-    assert!(matches!(refused, Err(Error::ChannelOpenFailure(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::ChannelOpenFailure(_))),
+        "{:?}",
+        refused.map(|_| ())
+    );
     assert!(early.is_closed());
+}
+
+/// Open a direct-tcpip channel with `early` on its own task, so that the
+/// test can push while the server holds the open.
+fn open(
+    session: client::Handle<Client>,
+    early: &EarlyData,
+) -> tokio::task::JoinHandle<Result<(client::Handle<Client>, Channel<client::Msg>), Error>> {
+    let early = early.clone();
+    tokio::spawn(async move {
+        session
+            .channel_open_direct_tcpip_with_early_data("target", 80, "127.0.0.1", 0, early)
+            .await
+            .map(|channel| (session, channel))
+    })
+}
+
+/// The next `len` bytes the server received, across payloads.
+async fn receive(received: &mut mpsc::UnboundedReceiver<Vec<u8>>, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        got.extend(tokio::time::timeout(TIMEOUT, received.recv()).await.unwrap().unwrap());
+    }
+    got
 }
 
 async fn connect(server: Server) -> client::Handle<Client> {
