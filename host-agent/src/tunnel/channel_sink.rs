@@ -7,10 +7,10 @@
 //! `Handler::data_bytes` callback. We use only the callback. While nothing is
 //! queued for a client, its packets' data is *staged* (the `Bytes` russh
 //! hands over share the decrypted packet: no copy) and written with one
-//! non-blocking `writev` when the session is about to read the SSH socket
-//! again ([`Sinks::flush_staged`], called by `ssh::session`'s socket
-//! wrapper): one write per client per read of the SSH socket, as OpenSSH
-//! does, instead of one per packet, and no task hop per packet (which is
+//! non-blocking `writev` once the SSH socket has nothing more to read
+//! ([`Sinks::flush_staged`], called by `ssh::session`'s socket wrapper):
+//! one write per client per wake-up of the session, instead of one per
+//! packet, and no task hop per packet (which is
 //! what made the agent slower than `ssh -L`). What the client's socket does
 //! not take goes to a queue that the connection's writer task empties.
 //! Staged data is bounded by [`STAGE_LIMIT`] per client (a flush comes
@@ -167,8 +167,8 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
 
     /// Write every client's staged data, one `writev` each, without
     /// blocking; what a client's socket does not take is queued for its
-    /// writer task. The session calls this before each read of the SSH
-    /// socket (and before it pauses for a slow reader).
+    /// writer task. The session calls this when the SSH socket has nothing
+    /// more to read (and before it pauses for a slow reader).
     pub fn flush_staged(&self) {
         let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
         for sink in dirty {

@@ -16,7 +16,7 @@
 mod cost;
 mod iperf;
 mod kube_client;
-mod one_stream;
+mod streams_only;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -180,9 +180,12 @@ fn main() -> anyhow::Result<()> {
         kube: 0,
     };
     let work = tempfile::tempdir()?;
-    if std::env::var_os("BENCH_ONE_STREAM").is_some() {
+    if let Some(streams) = std::env::var("BENCH_STREAMS_ONLY")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         targets.kube = targets.echo;
-        return one_stream_only(&agent_bin, &sshd, targets, &iperf, &work);
+        return streams_only(&agent_bin, &sshd, targets, &iperf, &work, streams.max(1));
     }
     let plane = ControlPlane::start().context("starting kube-apiserver (scripts/cluster)")?;
     targets.kube = plane.apiserver_port()?;
@@ -245,11 +248,9 @@ fn main() -> anyhow::Result<()> {
         load.push(loadavg());
         let mut pair = [Round::default(), Round::default()];
         if !latency_only {
-            // Agent first in odd rounds, ssh first in even ones: the first
-            // transfer of a round follows the latency part (a thousand TLS
-            // handshakes at kube-apiserver), and when the agent always went
-            // first its one-stream figure with the bench's reader came out
-            // 0.86-0.88x where iperf3, later in the same round, said 1.00x.
+            // Agent first in odd rounds, ssh first in even ones, so that
+            // neither always takes the first transfer after the latency
+            // part (a thousand TLS handshakes at kube-apiserver).
             for i in turns(round) {
                 let tunnel = [&agent, &ssh][i];
                 eprintln!("round {}/{rounds}: {}", round + 1, tunnel.label);
@@ -305,16 +306,17 @@ fn main() -> anyhow::Result<()> {
     print_soak(&agent_bin, &sshd, &work)
 }
 
-/// `BENCH_ONE_STREAM`: the agent, optionally a second agent
+/// `BENCH_STREAMS_ONLY=N`: the agent, optionally a second agent
 /// (`BENCH_AGENT_B`, a path, default the same binary, run with
-/// `BENCH_AGENT_B_ENV`'s space-separated `KEY=VALUE`s), and `ssh -L`, one
-/// stream each in turn (`one_stream`).
-fn one_stream_only(
+/// `BENCH_AGENT_B_ENV`'s space-separated `KEY=VALUE`s), and `ssh -L`, N
+/// streams each in turn (`streams_only`).
+fn streams_only(
     agent_bin: &PathBuf,
     sshd: &Sshd,
     targets: Ports,
     iperf: &iperf::Server,
     work: &tempfile::TempDir,
+    streams: usize,
 ) -> anyhow::Result<()> {
     // Each agent's own config, configs to rewrite and status socket.
     let dirs = [
@@ -362,10 +364,11 @@ fn one_stream_only(
         .unwrap_or(10)
         .max(1);
     let refs: Vec<&Tunnel> = tunnels.iter().collect();
-    one_stream::run(
+    streams_only::run(
         &refs,
         sshd.pid().context("sshd is not running")?,
         iperf,
+        streams,
         rounds,
     )
 }
