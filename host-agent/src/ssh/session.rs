@@ -272,9 +272,10 @@ impl AsyncRead for SshSocket {
         }
         // The socket itself is read: if it has more, decode that too
         // before writing to clients, within READ_AHEAD (so that a client's
-        // answer does not wait behind a long burst for another). Flushing
-        // before every read of the socket, as before, wrote 1.1-1.3x as
-        // often per MB with four streams (BENCHMARKS.md, issue 12).
+        // answer does not wait behind a long burst for another). Writing
+        // out before every read instead cost 3-14% more of the agent's CPU
+        // per GB with four streams, in two pairs of runs (BENCHMARKS.md,
+        // issue 12, tenth run: small, but the same way in both).
         let filled = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         // The buffer was empty: what it holds now came from this read.

@@ -176,7 +176,7 @@ fn main() -> anyhow::Result<()> {
         source: serve(source_conn),
         drain: serve(drain_conn),
         iperf: iperf.port,
-        // Set below once kube-apiserver is up (not needed for one stream).
+        // Set below once kube-apiserver is up (BENCH_STREAMS_ONLY needs none).
         kube: 0,
     };
     let work = tempfile::tempdir()?;
