@@ -7,7 +7,8 @@
 //! `Handler::data_bytes` callback. We use only the callback. While nothing is
 //! queued for a client, its packets' data is *staged* (the `Bytes` russh
 //! hands over share the decrypted packet: no copy) and written with one
-//! non-blocking `writev` once the SSH socket has nothing more to read
+//! non-blocking `writev` once the SSH socket has nothing more to read, or
+//! a read-ahead's worth (256 KiB) was read since the last write-out
 //! ([`Sinks::flush_staged`], called by `ssh::session`'s socket wrapper):
 //! one write per client per wake-up of the session, instead of one per
 //! packet, and no task hop per packet (which is
@@ -168,7 +169,8 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
     /// Write every client's staged data, one `writev` each, without
     /// blocking; what a client's socket does not take is queued for its
     /// writer task. The session calls this when the SSH socket has nothing
-    /// more to read (and before it pauses for a slow reader).
+    /// more to read or a read-ahead's worth was read since the last call
+    /// (and before it pauses for a slow reader).
     pub fn flush_staged(&self) {
         let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
         for sink in dirty {

@@ -218,11 +218,7 @@ fn main() -> anyhow::Result<()> {
         return profile(&[&agent, &ssh], &PathBuf::from(dir));
     }
     let idle = [rss_mib(agent.proc.0.id()), rss_mib(ssh.proc.0.id())];
-    let rounds = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(ROUNDS)
-        .max(1);
+    let rounds = rounds_or(ROUNDS);
     let bench = Bench {
         sshd_pid: sshd.pid().context("sshd is not running")?,
         iperf,
@@ -339,30 +335,18 @@ fn streams_only(
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     if b_bin.is_some() || !b_env.is_empty() {
+        let bin = b_bin.as_ref().unwrap_or(agent_bin);
         tunnels.push(start_agent(
-            b_bin.as_ref().unwrap_or(agent_bin),
-            sshd,
-            targets,
-            &dirs[1],
-            "agent B",
-            &b_env,
+            bin, sshd, targets, &dirs[1], "agent B", &b_env,
         )?);
-        eprintln!(
-            "agent B: {} {}",
-            b_bin.as_ref().unwrap_or(agent_bin).display(),
-            std::env::var("BENCH_AGENT_B_ENV").unwrap_or_default()
-        );
+        eprintln!("agent B: {} {b_env:?}", bin.display());
     }
     tunnels.push(start_ssh(sshd, targets)?);
     for tunnel in &tunnels {
         wait_echo(tunnel.ports.echo, Duration::from_secs(30))
             .with_context(|| format!("{} never came up", tunnel.label))?;
     }
-    let rounds = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(10)
-        .max(1);
+    let rounds = rounds_or(10);
     let refs: Vec<&Tunnel> = tunnels.iter().collect();
     streams_only::run(
         &refs,
@@ -371,6 +355,15 @@ fn streams_only(
         streams,
         rounds,
     )
+}
+
+/// `BENCH_ROUNDS`, else `default`; at least 1.
+fn rounds_or(default: usize) -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+        .max(1)
 }
 
 /// The latency table alone, with each round's figures so the spread

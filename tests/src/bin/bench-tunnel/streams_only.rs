@@ -8,7 +8,10 @@
 //! beside the first in the same run.
 
 use crate::cost::{Parties, Transfer};
-use crate::{Tunnel, charged, iperf, median, throughput};
+use crate::{Tunnel, charged, iperf, throughput};
+
+/// One round through one tunnel: the bench's readers, then iperf3.
+type Pair = (Transfer, Transfer);
 
 /// Rounds of (bench reader, iperf3) downloads over `streams` connections
 /// through every tunnel, the order rotating each round; prints per-tunnel
@@ -22,7 +25,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let n = tunnels.len();
     // samples[tunnel][round] = (bench, iperf3)
-    let mut samples: Vec<Vec<(Transfer, Transfer)>> = vec![Vec::new(); n];
+    let mut samples: Vec<Vec<Pair>> = vec![Vec::new(); n];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}: {streams} stream(s)", round + 1);
         for k in 0..n {
@@ -48,13 +51,10 @@ pub fn run(
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (t, rounds) in tunnels.iter().zip(&samples) {
-        for (tool, pick) in [("bench", 0), ("iperf3", 1)] {
-            let m = Transfer::median(
-                &rounds
-                    .iter()
-                    .map(|r| if pick == 0 { r.0 } else { r.1 })
-                    .collect::<Vec<_>>(),
-            );
+        let bench: Vec<Transfer> = rounds.iter().map(|r| r.0).collect();
+        let iperf3: Vec<Transfer> = rounds.iter().map(|r| r.1).collect();
+        for (tool, transfers) in [("bench", bench), ("iperf3", iperf3)] {
+            let m = Transfer::median(&transfers);
             println!(
                 "| {} | {tool} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
                 t.label,
@@ -76,7 +76,7 @@ pub fn run(
     println!("| | bench | iperf3 | whole path, bench | whole path, iperf3 |");
     println!("|---|---|---|---|---|");
     for (t, rounds) in tunnels.iter().zip(&samples).take(n - 1) {
-        let ratios = |f: fn(&(Transfer, Transfer)) -> f64| {
+        let ratios = |f: fn(&Pair) -> f64| {
             let mut r: Vec<f64> = rounds
                 .iter()
                 .zip(reference)
@@ -84,13 +84,8 @@ pub fn run(
                 .collect();
             r.sort_by(f64::total_cmp);
             let (lo, hi) = median_interval(r.len());
-            (
-                median(r.iter().copied()),
-                r[lo],
-                r[hi],
-                r[0],
-                r[r.len() - 1],
-            )
+            // Sorted already: the median is `crate::median`'s middle element.
+            (r[r.len() / 2], r[lo], r[hi], r[0], r[r.len() - 1])
         };
         let fmt = |(m, lo, hi, min, max): (f64, f64, f64, f64, f64)| {
             format!("{m:.2}x [{lo:.2}-{hi:.2}] ({min:.2}-{max:.2})")
