@@ -284,21 +284,27 @@ fn enroll(path: &std::path::Path, lifetime: std::time::Duration) -> anyhow::Resu
 }
 
 /// `run`: load the config (a bad file exits non-zero naming file, key and
-/// expectation), then hold the tunnel on a multi-threaded runtime (a
-/// worker per core, or `TOKIO_WORKER_THREADS`, tokio's own variable).
+/// expectation), then hold the tunnel on one worker thread, as `ssh -L`
+/// serves all its forwards from one process; `TOKIO_WORKER_THREADS=N`
+/// (tokio's own variable) in the agent's environment gives it N instead.
+/// Blocking work (files, /proc, host key checks) runs off that thread.
 ///
-/// One worker is not the default: it met `ssh -L`'s new-connection latency
-/// in some runs (1.00x, where two workers cost 2-4%) but not in a full run
-/// (1.03x), and it caps the agent at one core. (The SSH sessions it once
-/// lost in `tunnel_churn`'s soak were a rekey bug in russh, since fixed,
-/// not the worker count: BENCHMARKS.md, issue 12.)
+/// Why one: on two cores (AMD EPYC and Intel Xeon), with a worker per core
+/// new connections took 1.02-1.07x `ssh -L`'s time (the 95% interval of
+/// the per-round ratio above 1.0 in every run), on one worker 1.01-1.04x,
+/// and downloads over one or two sessions were no slower or costlier per
+/// GB (BENCHMARKS.md, eleventh run, issue 12). On a many-core Mac, as with
+/// `ssh -L`, the tunnel then uses at most one core.
 fn run_agent(config_path: &std::path::Path) -> anyhow::Result<()> {
     init_tracing();
     let config = portplane_agent::config::AgentConfig::load(config_path)?;
     let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.into());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // An explicit count would override tokio's own reading of the variable.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        runtime.worker_threads(1);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(portplane_agent::run::run(config, config_path))?;
     Ok(())
 }

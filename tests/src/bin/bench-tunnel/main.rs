@@ -16,6 +16,7 @@
 mod cost;
 mod iperf;
 mod kube_client;
+mod ratio;
 mod streams_only;
 
 use std::io::{Read, Write};
@@ -109,6 +110,9 @@ struct Round {
     kube_keep_alive: Vec<f64>,
     kube_new: Vec<f64>,
 }
+
+/// One figure of a round, such as its new-connection p50 in ms.
+type RoundFigure = fn(&Round) -> f64;
 
 /// Medians of a tunnel's rounds (latency percentiles: over all samples).
 struct Summary {
@@ -413,6 +417,30 @@ fn print_latency(
         kube[0].0 / kube[1].0,
         kube[0].1 / kube[1].1,
     );
+    println!(
+        "\nper-round ratios, agent / ssh: median [95% confidence interval of the median] (min-max)\n"
+    );
+    println!("| per round | agent / ssh | 1.0 against the interval |");
+    println!("|---|---|---|");
+    let figures: [(&str, RoundFigure); 5] = [
+        ("new conn+echo p50", |r| percentiles(r.new_conn.clone()).0),
+        ("round trip p50", |r| percentiles(r.round_trip.clone()).0),
+        ("kube keep-alive p50", |r| {
+            percentiles(r.kube_keep_alive.clone()).0
+        }),
+        ("kube keep-alive p99", |r| {
+            percentiles(r.kube_keep_alive.clone()).1
+        }),
+        ("kube new connection p50", |r| {
+            percentiles(r.kube_new.clone()).0
+        }),
+    ];
+    for (name, figure) in figures {
+        let of = |rounds: &[Round]| rounds.iter().map(figure).collect::<Vec<_>>();
+        if let Some(r) = ratio::Ratios::of(of(&samples[0]), of(&samples[1])) {
+            println!("| {name} | {r} | {} |", r.verdict());
+        }
+    }
 }
 
 fn print_tables(

@@ -2,16 +2,20 @@
 //! with both load tools, through each tunnel in turn, for many short rounds
 //! (about 25 s per round with two tunnels). The full run measures it 5
 //! times per tunnel and its spread between runs is as large as the gaps
-//! being chased; this gives the per-round ratios, a confidence interval
-//! of their median, and with `BENCH_AGENT_B` a second agent build (or the
-//! same one under `BENCH_AGENT_B_ENV`, such as `TOKIO_WORKER_THREADS=1`)
-//! beside the first in the same run.
+//! being chased; this gives the per-round ratios of throughput and of
+//! each party's CPU per GB with a confidence interval of their median
+//! (`ratio`), and with `BENCH_AGENT_B` a second agent build (or the same
+//! one under `BENCH_AGENT_B_ENV`, such as `TOKIO_WORKER_THREADS=1`) beside
+//! the first in the same run.
 
 use crate::cost::{Parties, Transfer};
+use crate::ratio::Ratios;
 use crate::{Tunnel, charged, iperf, throughput};
 
 /// One round through one tunnel: the bench's readers, then iperf3.
 type Pair = (Transfer, Transfer);
+/// Which of a round's two transfers (the bench's readers or iperf3's).
+type Tool = fn(&Pair) -> &Transfer;
 
 /// Rounds of (bench reader, iperf3) downloads over `streams` connections
 /// through every tunnel, the order rotating each round; prints per-tunnel
@@ -70,68 +74,31 @@ pub fn run(
     }
     let reference = &samples[n - 1];
     println!(
-        "\nper-round throughput ratio against {}: median [95% confidence interval of the median] (min-max); whole path CPU/GB ratio: median\n",
+        "\nper-round ratios against {}: median [95% confidence interval of the median] (min-max); \
+         the interval tells a gap from the spread between rounds\n",
         tunnels[n - 1].label
     );
-    println!("| | bench | iperf3 | whole path, bench | whole path, iperf3 |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| | tool | throughput | client CPU/GB | sshd CPU/GB | tool CPU/GB | whole path CPU/GB |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (t, rounds) in tunnels.iter().zip(&samples).take(n - 1) {
-        let ratios = |f: fn(&Pair) -> f64| {
-            let mut r: Vec<f64> = rounds
-                .iter()
-                .zip(reference)
-                .map(|(a, b)| f(a) / f(b))
-                .collect();
-            r.sort_by(f64::total_cmp);
-            let (lo, hi) = median_interval(r.len());
-            // Sorted already: the median is `crate::median`'s middle element.
-            (r[r.len() / 2], r[lo], r[hi], r[0], r[r.len() - 1])
-        };
-        let fmt = |(m, lo, hi, min, max): (f64, f64, f64, f64, f64)| {
-            format!("{m:.2}x [{lo:.2}-{hi:.2}] ({min:.2}-{max:.2})")
-        };
-        println!(
-            "| {} | {} | {} | {:.2}x | {:.2}x |",
-            t.label,
-            fmt(ratios(|r| r.0.gbit)),
-            fmt(ratios(|r| r.1.gbit)),
-            ratios(|r| r.0.path_ms_gb()).0,
-            ratios(|r| r.1.path_ms_gb()).0,
-        );
+        let tools: [(&str, Tool); 2] = [("bench", |p| &p.0), ("iperf3", |p| &p.1)];
+        for (tool, pick) in tools {
+            let ratio = |f: fn(&Transfer) -> f64| {
+                let of = |rs: &[Pair]| rs.iter().map(|r| f(pick(r))).collect::<Vec<_>>();
+                Ratios::of(of(rounds), of(reference)).map_or("-".into(), |r| r.to_string())
+            };
+            println!(
+                "| {} | {tool} | {} | {} | {} | {} | {} |",
+                t.label,
+                ratio(|t| t.gbit),
+                ratio(|t| t.client_ms_gb),
+                ratio(|t| t.sshd_ms_gb),
+                ratio(|t| t.tool_ms_gb),
+                ratio(Transfer::path_ms_gb),
+            );
+        }
     }
     Ok(())
-}
-
-/// Indices (0-based, into `n` sorted samples) of a distribution-free
-/// confidence interval of at least 95% for the median: the k-th smallest
-/// and k-th largest, k the largest with P(Binomial(n, 1/2) < k) <= 2.5%
-/// (the sign-test interval; e.g. n = 20: the 6th and 15th). With fewer
-/// than 6 samples no such k exists, and the interval is the whole range.
-pub fn median_interval(n: usize) -> (usize, usize) {
-    let mut below = 0.0; // P(X < k), X ~ Binomial(n, 1/2)
-    let mut k = 0;
-    let mut term = 0.5f64.powi(n as i32); // P(X = k)
-    while k < n / 2 && below + term <= 0.025 {
-        below += term;
-        term *= (n - k) as f64 / (k + 1) as f64;
-        k += 1;
-    }
-    // k samples lie below the interval; with k = 0 it is the whole range.
-    let lo = k.saturating_sub(1).min(n.saturating_sub(1));
-    (lo, n.saturating_sub(1) - lo)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median_interval;
-
-    #[test]
-    fn sign_test_intervals_match_the_tables() {
-        // Order statistics (1-based) from the binomial table for 95%:
-        // n = 20 -> 6th..15th, n = 10 -> 2nd..9th, n = 6 -> 1st..6th.
-        assert_eq!(median_interval(20), (5, 14));
-        assert_eq!(median_interval(10), (1, 8));
-        assert_eq!(median_interval(6), (0, 5));
-        assert_eq!(median_interval(3), (0, 2));
-    }
 }
