@@ -16,6 +16,8 @@ use crate::{Tunnel, charged, iperf, throughput};
 type Pair = (Transfer, Transfer);
 /// Which of a round's two transfers (the bench's readers or iperf3's).
 type Tool = fn(&Pair) -> &Transfer;
+/// Both tables' rows per tunnel, in this order.
+const TOOLS: [(&str, Tool); 2] = [("bench", |p| &p.0), ("iperf3", |p| &p.1)];
 
 /// Rounds of (bench reader, iperf3) downloads over `streams` connections
 /// through every tunnel, the order rotating each round; prints per-tunnel
@@ -55,9 +57,8 @@ pub fn run(
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (t, rounds) in tunnels.iter().zip(&samples) {
-        let bench: Vec<Transfer> = rounds.iter().map(|r| r.0).collect();
-        let iperf3: Vec<Transfer> = rounds.iter().map(|r| r.1).collect();
-        for (tool, transfers) in [("bench", bench), ("iperf3", iperf3)] {
+        for (tool, pick) in TOOLS {
+            let transfers: Vec<Transfer> = rounds.iter().map(|r| *pick(r)).collect();
             let m = Transfer::median(&transfers);
             println!(
                 "| {} | {tool} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
@@ -83,8 +84,7 @@ pub fn run(
     );
     println!("|---|---|---|---|---|---|---|");
     for (t, rounds) in tunnels.iter().zip(&samples).take(n - 1) {
-        let tools: [(&str, Tool); 2] = [("bench", |p| &p.0), ("iperf3", |p| &p.1)];
-        for (tool, pick) in tools {
+        for (tool, pick) in TOOLS {
             let ratio = |f: fn(&Transfer) -> f64| {
                 let of = |rs: &[Pair]| rs.iter().map(|r| f(pick(r))).collect::<Vec<_>>();
                 Ratios::of(of(rounds), of(reference)).map_or("-".into(), |r| r.to_string())
@@ -92,10 +92,10 @@ pub fn run(
             println!(
                 "| {} | {tool} | {} | {} | {} | {} | {} |",
                 t.label,
-                ratio(|t| t.gbit),
-                ratio(|t| t.client_ms_gb),
-                ratio(|t| t.sshd_ms_gb),
-                ratio(|t| t.tool_ms_gb),
+                ratio(|x| x.gbit),
+                ratio(|x| x.client_ms_gb),
+                ratio(|x| x.sshd_ms_gb),
+                ratio(|x| x.tool_ms_gb),
                 ratio(Transfer::path_ms_gb),
             );
         }
