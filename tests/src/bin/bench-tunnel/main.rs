@@ -16,11 +16,12 @@
 mod cost;
 mod iperf;
 mod kube_client;
+mod load;
 mod ratio;
 mod streams_only;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use portplane_e2e::cluster::ControlPlane;
 use portplane_e2e::sshd::Sshd;
 use portplane_e2e::{free_port, procfs, soak};
 
-const THROUGHPUT_SECS: u64 = 4;
+pub(crate) const THROUGHPUT_SECS: u64 = 4;
 /// Alternating rounds (agent, ssh, agent, ...); BENCH_ROUNDS overrides.
 const ROUNDS: usize = 5;
 const NEW_CONN_SAMPLES: usize = 500;
@@ -64,7 +65,7 @@ struct Ports {
     echo: u16,
     /// Sends without end (downloads).
     source: u16,
-    /// Reads and discards, counting into DRAINED (uploads).
+    /// Reads and discards (uploads; `load::drain_conn`).
     drain: u16,
     iperf: u16,
     kube: u16,
@@ -91,9 +92,6 @@ impl Ports {
         ]
     }
 }
-
-/// Bytes the drain server has received, all connections together.
-static DRAINED: AtomicU64 = AtomicU64::new(0);
 
 /// One round through one tunnel.
 #[derive(Default)]
@@ -176,9 +174,9 @@ fn main() -> anyhow::Result<()> {
     }
     let iperf = iperf::Server::start()?;
     let mut targets = Ports {
-        echo: serve(echo_conn),
-        source: serve(source_conn),
-        drain: serve(drain_conn),
+        echo: load::serve("echo", load::echo_conn),
+        source: load::serve("source", load::source_conn),
+        drain: load::serve("drain", load::drain_conn),
         iperf: iperf.port,
         // Set below once kube-apiserver is up (BENCH_STREAMS_ONLY needs none).
         kube: 0,
@@ -352,6 +350,7 @@ fn streams_only(
     }
     let rounds = rounds_or(10);
     let refs: Vec<&Tunnel> = tunnels.iter().collect();
+    let _spinners = load::busy_cpus()?;
     streams_only::run(
         &refs,
         sshd.pid().context("sshd is not running")?,
@@ -572,27 +571,55 @@ fn print_tables(
     );
 }
 
-/// BENCH_PROFILE=<dir>: a 1-stream download through each tunnel in turn
-/// (the bench's own reader) under `perf record -g` (DWARF call graphs) of the
-/// tunnel client; writes `<dir>/<agent|ssh>.perf.data` and prints how to
-/// read them. Then the same for new connections, and their syscalls.
+/// BENCH_PROFILE=<dir>: a download through each tunnel in turn (the bench's
+/// own reader, `BENCH_PROFILE_STREAMS` streams, 1 unless set) under
+/// `perf record -g` (DWARF call graphs) of the tunnel client; writes
+/// `<dir>/<agent|ssh>.perf.data` and prints how to read them. With
+/// `BENCH_PROFILE_SYSTEM` set, the download is recorded system-wide instead
+/// (`perf record -a`, kernel and user stacks by frame pointer; every party on
+/// the path: sshd, the tunnel client, the load tool's `reader` and `source`
+/// threads), to compare with `perf report --sort comm`. Then the same for new
+/// connections, and their syscalls.
 fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
+    let streams = match std::env::var("BENCH_PROFILE_STREAMS") {
+        Ok(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .with_context(|| {
+                format!("BENCH_PROFILE_STREAMS={n}: expected a number of streams from 1 to 64")
+            })?,
+        Err(_) => 1,
+    };
     let sleep_secs = (THROUGHPUT_SECS + 1).to_string();
+    let system = std::env::var_os("BENCH_PROFILE_SYSTEM").is_some();
     for (tunnel, name) in tunnels.iter().zip(["agent", "ssh"]) {
         let out = dir.join(format!("{name}.perf.data"));
         let mut perf = attach(
             "perf",
-            &["record", "--call-graph", "dwarf,16384", "-F", "999"],
+            &[
+                "record",
+                "--call-graph",
+                if system { "fp" } else { "dwarf,16384" },
+                "-F",
+                "999",
+            ],
             &out,
-            tunnel,
+            (!system).then_some(tunnel),
             &["--", "sleep", &sleep_secs],
         )?;
-        let (gbit, _) = throughput(tunnel.ports.source, 1)?;
+        let before = load::ReaderCounts::now();
+        let (gbit, bytes) = load::throughput(tunnel.ports.source, streams)?;
+        let readers = load::ReaderCounts::now().per_gb(before, bytes);
         perf.0.wait()?;
         println!(
-            "{}: {gbit:.2} Gbit/s while recorded to {}",
+            "{}: {gbit:.2} Gbit/s on {streams} stream(s); per GB the bench's readers read {:.0} times, slept {:.0} times and took {:.0} ms of CPU, their sources {:.0} ms; recorded to {}",
             tunnel.label,
+            readers.reads,
+            readers.sleeps,
+            readers.reader_ms,
+            readers.source_ms,
             out.display()
         );
     }
@@ -604,7 +631,7 @@ fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> 
             "perf",
             &["record", "--call-graph", "dwarf,16384", "-F", "4999"],
             &out,
-            tunnel,
+            Some(tunnel),
             &[],
         )?;
         // Let the tracer attach before the first connection.
@@ -612,7 +639,7 @@ fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> 
         let (p50, _) = new_connection_latency(tunnel.ports.echo, CONNECT_PROFILE_SAMPLES)?;
         stop_gracefully(&mut perf.0)?;
         let trace = dir.join(format!("{name}.connect.strace"));
-        let mut strace = attach("strace", &["-f", "-c"], &trace, tunnel, &[])?;
+        let mut strace = attach("strace", &["-f", "-c"], &trace, Some(tunnel), &[])?;
         std::thread::sleep(Duration::from_millis(500));
         new_connection_latency(tunnel.ports.echo, CONNECT_PROFILE_SAMPLES)?;
         stop_gracefully(&mut strace.0)?;
@@ -633,19 +660,24 @@ fn profile(tunnels: &[&Tunnel; 2], dir: &std::path::Path) -> anyhow::Result<()> 
 const CONNECT_PROFILE_SAMPLES: usize = 2000;
 
 /// `program <args> -o <out> -p <tunnel client pid> <tail>`, quiet: perf or
-/// strace attached to the tunnel client (scripts/deps installs both).
+/// strace attached to the tunnel client (scripts/deps installs both); with
+/// no tunnel, `-a` (the whole system) instead of `-p`.
 fn attach(
     program: &str,
     args: &[&str],
     out: &std::path::Path,
-    tunnel: &Tunnel,
+    tunnel: Option<&Tunnel>,
     tail: &[&str],
 ) -> anyhow::Result<Guard> {
+    let target = match tunnel {
+        Some(t) => vec!["-p".to_string(), t.proc.0.id().to_string()],
+        None => vec!["-a".to_string()],
+    };
     let child = Command::new(program)
         .args(args)
         .arg("-o")
         .arg(out)
-        .args(["-p", &tunnel.proc.0.id().to_string()])
+        .args(target)
         .args(tail)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -746,8 +778,8 @@ fn measure(tunnel: &Tunnel, bench: &Bench) -> anyhow::Result<Round> {
         server: None,
     };
     let mut round = Round {
-        tool_1: charged(parties, || throughput(tunnel.ports.source, 1))?,
-        upload_gbit_1: upload(tunnel.ports.drain)?,
+        tool_1: charged(parties, || load::throughput(tunnel.ports.source, 1))?,
+        upload_gbit_1: load::upload(tunnel.ports.drain)?,
         ..Round::default()
     };
     let peak = Arc::new(AtomicU64::new(0));
@@ -761,7 +793,7 @@ fn measure(tunnel: &Tunnel, bench: &Bench) -> anyhow::Result<Round> {
             }
         })
     };
-    round.tool_4 = charged(parties, || throughput(tunnel.ports.source, 4))?;
+    round.tool_4 = charged(parties, || load::throughput(tunnel.ports.source, 4))?;
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     round.rss_load = peak.load(Ordering::Relaxed) as f64 / 1024.0;
@@ -942,42 +974,6 @@ fn start_ssh(sshd: &Sshd, targets: Ports) -> anyhow::Result<Tunnel> {
     })
 }
 
-fn serve(handle: fn(TcpStream)) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || handle(stream));
-        }
-    });
-    port
-}
-
-fn echo_conn(mut s: TcpStream) {
-    let _ = s.set_nodelay(true);
-    let mut buf = [0u8; 16384];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 || s.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-}
-
-fn source_conn(mut s: TcpStream) {
-    let buf = vec![0x5au8; 256 * 1024];
-    while s.write_all(&buf).is_ok() {}
-}
-
-fn drain_conn(mut s: TcpStream) {
-    let mut buf = vec![0u8; 256 * 1024];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        DRAINED.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
 fn echo_once(port: u16) -> std::io::Result<()> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;
@@ -997,66 +993,6 @@ fn wait_echo(port: u16, timeout: Duration) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
-}
-
-/// Gbit/s received over `streams` parallel connections for THROUGHPUT_SECS,
-/// and every byte moved (warm-up included, for CPU per byte).
-fn throughput(port: u16, streams: usize) -> anyhow::Result<(f64, u64)> {
-    let total = Arc::new(AtomicU64::new(0));
-    let all = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_SECS + 1);
-    let threads: Vec<_> = (0..streams)
-        .map(|_| {
-            let (total, all) = (total.clone(), all.clone());
-            std::thread::spawn(move || -> std::io::Result<()> {
-                let mut s = TcpStream::connect(("127.0.0.1", port))?;
-                let mut buf = vec![0u8; 256 * 1024];
-                // One second of warm-up (window growth), then count.
-                let count_from = Instant::now() + Duration::from_secs(1);
-                while Instant::now() < deadline {
-                    let n = s.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    all.fetch_add(n as u64, Ordering::Relaxed);
-                    if Instant::now() >= count_from {
-                        total.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    }
-    Ok((
-        total.load(Ordering::Relaxed) as f64 * 8.0 / 1e9 / THROUGHPUT_SECS as f64,
-        all.load(Ordering::Relaxed),
-    ))
-}
-
-/// Gbit/s that arrived at the drain server while one connection through
-/// `port` sent as fast as it could (1 s warm-up, then THROUGHPUT_SECS
-/// counted at the receiving end, so data still in buffers is not counted).
-fn upload(port: u16) -> anyhow::Result<f64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    let buf = vec![0xa5u8; 256 * 1024];
-    let start = Instant::now();
-    let (count_from, deadline) = (
-        start + Duration::from_secs(1),
-        start + Duration::from_secs(1 + THROUGHPUT_SECS),
-    );
-    let mut counted_from = None;
-    while Instant::now() < deadline {
-        s.write_all(&buf)?;
-        if counted_from.is_none() && Instant::now() >= count_from {
-            counted_from = Some((Instant::now(), DRAINED.load(Ordering::Relaxed)));
-        }
-    }
-    let (t0, b0) = counted_from.context("the upload never reached its counted window")?;
-    let (t1, b1) = (Instant::now(), DRAINED.load(Ordering::Relaxed));
-    Ok((b1 - b0) as f64 * 8.0 / 1e9 / (t1 - t0).as_secs_f64())
 }
 
 fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {

@@ -9,8 +9,9 @@
 //! the first in the same run.
 
 use crate::cost::{Parties, Transfer};
+use crate::load::{ReaderCounts, throughput};
 use crate::ratio::Ratios;
-use crate::{Tunnel, charged, iperf, throughput};
+use crate::{Tunnel, charged, iperf};
 
 /// One round through one tunnel: the bench's readers, then iperf3.
 type Pair = (Transfer, Transfer);
@@ -32,6 +33,7 @@ pub fn run(
     let n = tunnels.len();
     // samples[tunnel][round] = (bench, iperf3)
     let mut samples: Vec<Vec<Pair>> = vec![Vec::new(); n];
+    let mut readers: Vec<Vec<ReaderCounts>> = vec![Vec::new(); n];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}: {streams} stream(s)", round + 1);
         for k in 0..n {
@@ -42,7 +44,12 @@ pub fn run(
                 sshd: sshd_pid,
                 server: None,
             };
-            let tool = charged(parties, || throughput(t.ports.source, streams))?;
+            let before = ReaderCounts::now();
+            let mut bytes = 0;
+            let tool = charged(parties, || {
+                throughput(t.ports.source, streams).inspect(|&(_, b)| bytes = b)
+            })?;
+            readers[i].push(ReaderCounts::now().per_gb(before, bytes));
             let with_iperf = Parties {
                 server: Some(iperf.pid()),
                 ..parties
@@ -72,6 +79,22 @@ pub fn run(
                 m.client_sleeps_gb
             );
         }
+    }
+    println!(
+        "\nthe bench's {streams} reader(s) per GB, median of rounds: how the tunnel's writes reach them\n"
+    );
+    println!("| | reads | sleeps | readers' CPU ms | sources' CPU ms |");
+    println!("|---|---|---|---|---|");
+    for (t, rounds) in tunnels.iter().zip(&readers) {
+        let m = |f: fn(&ReaderCounts) -> f64| crate::median(rounds.iter().map(f));
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            t.label,
+            m(|r| r.reads),
+            m(|r| r.sleeps),
+            m(|r| r.reader_ms),
+            m(|r| r.source_ms)
+        );
     }
     let reference = &samples[n - 1];
     println!(
