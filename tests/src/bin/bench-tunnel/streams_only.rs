@@ -6,7 +6,9 @@
 //! each party's CPU per GB with a confidence interval of their median
 //! (`ratio`), and with `BENCH_AGENT_B` a second agent build (or the same
 //! one under `BENCH_AGENT_B_ENV`, such as `TOKIO_WORKER_THREADS=1`) beside
-//! the first in the same run.
+//! the first in the same run. It also prints what the bench's readers did
+//! per GB (reads, sleeps, their CPU and their sources': `load::ReaderCounts`),
+//! which tells how each tunnel's writes reach them.
 
 use crate::cost::{Parties, Transfer};
 use crate::load::{ReaderCounts, throughput};
