@@ -14,10 +14,17 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// utime + stime of a process (all its threads) in milliseconds; 0 when
-/// it is gone. /proc counts in USER_HZ, which Linux fixes at 100 for user
-/// space whatever the kernel's own tick rate.
+/// it is gone.
 pub fn cpu_ms(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    stat_cpu_ms(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime in milliseconds from a `stat` file of /proc: a process's,
+/// or a thread's (`/proc/thread-self/stat`); 0 when it cannot be read.
+/// /proc counts in USER_HZ, which Linux fixes at 100 for user space
+/// whatever the kernel's own tick rate.
+pub fn stat_cpu_ms(path: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|stat| {
             // Fields after "(comm) ": state is the first, utime the 12th.
@@ -25,6 +32,21 @@ pub fn cpu_ms(pid: u32) -> u64 {
             Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
         })
         .map_or(0, |ticks| ticks * 10)
+}
+
+/// `voluntary_ctxt_switches` of a `status` file of /proc (a thread's, or a
+/// process's own thread): how often it blocked waiting; 0 when it cannot
+/// be read.
+pub fn voluntary_switches(status_path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(status_path)
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// TCP sockets in this network namespace still connected to

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use portplane_e2e::procfs;
 use portplane_e2e::sshd::descendants;
 
 use crate::Guard;
@@ -143,13 +144,7 @@ fn voluntary_switches(pid: u32) -> u64 {
     };
     tasks
         .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .filter_map(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-        })
+        .map(|task| procfs::voluntary_switches(&task.path().join("status")))
         .sum()
 }
 

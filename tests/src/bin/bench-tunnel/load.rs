@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use portplane_e2e::procfs;
 
 use crate::{Guard, THROUGHPUT_SECS};
 
@@ -23,14 +24,11 @@ static READS: AtomicU64 = AtomicU64::new(0);
 /// The readers' voluntary context switches (reads that found no data and
 /// slept).
 static READER_SLEEPS: AtomicU64 = AtomicU64::new(0);
-/// CPU time (clock ticks) of the readers and of the sources feeding them.
-static READER_TICKS: AtomicU64 = AtomicU64::new(0);
-static SOURCE_TICKS: AtomicU64 = AtomicU64::new(0);
+/// CPU time (ms) of the readers and of the sources feeding them.
+static READER_MS: AtomicU64 = AtomicU64::new(0);
+static SOURCE_MS: AtomicU64 = AtomicU64::new(0);
 /// Source threads still writing.
 static SOURCES: AtomicU64 = AtomicU64::new(0);
-
-/// /proc reports thread times in USER_HZ ticks, 10 ms each on Linux.
-const MS_PER_TICK: f64 = 10.0;
 
 /// The download readers' counters, all tunnels so far ([`ReaderCounts::now`])
 /// or per GB delivered between two of those ([`ReaderCounts::per_gb`]).
@@ -55,8 +53,8 @@ impl ReaderCounts {
         ReaderCounts {
             reads: get(&READS),
             sleeps: get(&READER_SLEEPS),
-            reader_ms: get(&READER_TICKS) * MS_PER_TICK,
-            source_ms: get(&SOURCE_TICKS) * MS_PER_TICK,
+            reader_ms: get(&READER_MS),
+            source_ms: get(&SOURCE_MS),
         }
     }
 
@@ -106,7 +104,7 @@ pub fn source_conn(mut s: TcpStream) {
     SOURCES.fetch_add(1, Ordering::AcqRel);
     let buf = vec![0x5au8; 256 * 1024];
     while s.write_all(&buf).is_ok() {}
-    SOURCE_TICKS.fetch_add(thread_ticks(), Ordering::Relaxed);
+    SOURCE_MS.fetch_add(thread_cpu_ms(), Ordering::Relaxed);
     SOURCES.fetch_sub(1, Ordering::AcqRel);
 }
 
@@ -168,35 +166,18 @@ fn read_until(
         }
     }
     READER_SLEEPS.fetch_add(thread_sleeps().saturating_sub(slept), Ordering::Relaxed);
-    READER_TICKS.fetch_add(thread_ticks(), Ordering::Relaxed);
+    READER_MS.fetch_add(thread_cpu_ms(), Ordering::Relaxed);
     Ok(())
 }
 
-/// utime + stime of the calling thread so far, in clock ticks (0 if /proc
-/// cannot tell).
-fn thread_ticks() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/stat")
-        .ok()
-        .and_then(|stat| {
-            // Fields after "(comm) ": utime is the 12th, stime the 13th.
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+/// CPU time of the calling thread so far, in ms.
+fn thread_cpu_ms() -> u64 {
+    procfs::stat_cpu_ms("/proc/thread-self/stat")
 }
 
-/// Voluntary context switches of the calling thread so far (0 if /proc
-/// cannot tell).
+/// Voluntary context switches of the calling thread so far.
 fn thread_sleeps() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    procfs::voluntary_switches(std::path::Path::new("/proc/thread-self/status"))
 }
 
 /// Gbit/s that arrived at the drain server while one connection through
