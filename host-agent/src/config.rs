@@ -170,12 +170,11 @@ pub struct SshSection {
     /// session before it is closed.
     #[serde(default = "default_connect_grace", with = "humantime_serde")]
     pub outage_grace: Duration,
-    /// SSH sessions in the pool. Each new connection goes to the session
-    /// with the fewest connections still sending, ties to the first
-    /// (`tunnel::pool::least_busy`), so that parallel transfers use more
-    /// than one core at the server (sshd serves each session from one
-    /// single-threaded process) while short ones share one. Defaults to
-    /// the core count (at most 4).
+    /// SSH sessions in the pool. The first live one carries every new
+    /// connection, as `ssh -L` carries its forwards on one connection; the
+    /// others stand by for when it is down or holding back for a slow
+    /// reader (`tunnel::pool::first_not_behind`). Defaults to 2: one
+    /// carrying, one standing by.
     #[serde(default = "default_sessions")]
     pub sessions: usize,
     /// Run `true` once per session so that sshd sends small packets at once
@@ -564,10 +563,7 @@ fn default_max_backoff() -> Duration {
     Duration::from_secs(1)
 }
 fn default_sessions() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4)
+    2
 }
 fn default_connect_grace() -> Duration {
     Duration::from_secs(10)

@@ -73,6 +73,10 @@ use tokio::sync::Notify;
 /// is still paused, for at most `pause_budget / PROBE_DIVISOR` at a time.
 const PROBE_DIVISOR: u32 = 4;
 
+/// A client with more than `pause_above / BEHIND_DIVISOR` queued puts its
+/// session [`Sinks::behind`].
+const BEHIND_DIVISOR: usize = 4;
+
 /// A wait in which the client read at least `pause_above / MIN_PROGRESS_DIVISOR`
 /// (128 KiB with the defaults) shows a reader, not a stalled client.
 const MIN_PROGRESS_DIVISOR: usize = 8;
@@ -224,6 +228,23 @@ impl<K: Copy + Eq + Hash> Sinks<K> {
         if state.confirmed {
             map.remove(&id);
         }
+    }
+
+    /// Whether a client of this session has more than
+    /// `pause_above / BEHIND_DIVISOR` (256 KiB with the defaults) queued
+    /// and unread, while the server may send it more: a slow or stalled
+    /// reader that the session holds back for, or soon will. The pool sends
+    /// new connections to another session meanwhile
+    /// (`tunnel::pool::first_not_behind`). A reader holds its queue between
+    /// half of `pause_above` (where the session resumes) and `pause_above`
+    /// for as long as it stays slow, so this does not flicker with each
+    /// pause.
+    pub fn behind(&self) -> bool {
+        let above = self.limits.pause_above / BEHIND_DIVISOR;
+        self.map().values().any(|sink| {
+            let state = sink.state();
+            !state.finished && state.overflow.is_none() && state.queued > above
+        })
     }
 
     /// Channels that currently have a sink (open, or claimed and not yet

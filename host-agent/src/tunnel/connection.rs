@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::listener::Counters;
-use super::pool::{Pool, SessionUse};
+use super::pool::{Pool, SshHandle};
 use crate::config::Target;
 
 /// What every forwarded connection opens its channel through: the pool of
@@ -78,7 +78,7 @@ pub async fn forward(
             }
         }
     };
-    let Some((session_use, channel)) = opened else {
+    let Some((session, channel)) = opened else {
         // Nothing reached the server. What the client sent, the agent has
         // read: close with a reset, as the kernel does for a socket closed
         // with unread data, not an EOF that looks like an answer.
@@ -90,11 +90,6 @@ pub async fn forward(
     // What the server's window could not take on the confirmation; sent
     // before anything read later.
     let unsent = early_data.take();
-    let session = session_use.session().clone();
-    // Counted as busy until the client has sent everything (see
-    // `Pool::session`): a connection only receiving no longer holds new
-    // ones off its session.
-    let mut session_use = Some(session_use);
     let client_write = Arc::new(client_write);
     // Claimed before anything can await: data the server sent first is
     // already waiting in the sink.
@@ -136,7 +131,6 @@ pub async fn forward(
                 outcome = &mut downstream => break outcome,
                 ended = &mut upstream, if !upstream_ended => {
                     upstream_ended = true;
-                    drop(session_use.take());
                     // Nothing will read what the server still sends, and
                     // the server need not close on EOF: end the connection
                     // now.
@@ -347,7 +341,7 @@ async fn open_channel(
     target: &Target,
     forward: &str,
     early_data: &EarlyData,
-) -> Option<(SessionUse, russh::Channel<russh::client::Msg>)> {
+) -> Option<(SshHandle, russh::Channel<russh::client::Msg>)> {
     let deadline = tokio::time::Instant::now() + shared.outage_grace;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -360,7 +354,6 @@ async fn open_channel(
             return None;
         };
         match session
-            .session()
             .handle
             .channel_open_direct_tcpip_with_early_data(
                 target.host.clone(),

@@ -2,12 +2,12 @@
 //! supervisor: keepalives detect a dead peer, the ssh config is re-read
 //! before every attempt (Lima picks a new port on each VM start), and
 //! reconnects back off exponentially with jitter. Each connection goes to
-//! the live session with the fewest connections still sending, ties to the
-//! first (see [`least_busy`]); during an outage they wait for one.
+//! the first live session that is not held back by a slow reader (see
+//! [`first_not_behind`]); the others stand by. During an outage
+//! connections wait for a session.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,33 +27,6 @@ pub struct PooledSession {
     pub sinks: Arc<Sinks>,
     /// When the session came up (for `status`).
     pub since: SystemTime,
-    /// Connections on this session whose client is still sending: what
-    /// [`Pool::session`] balances on. Counted by [`SessionUse`].
-    busy: AtomicUsize,
-}
-
-/// One connection's use of a pooled session, counted in the session's
-/// `busy` until dropped (when the client has sent its EOF, or the
-/// connection ends).
-pub struct SessionUse {
-    session: SshHandle,
-}
-
-impl SessionUse {
-    fn new(session: SshHandle) -> SessionUse {
-        session.busy.fetch_add(1, Ordering::Relaxed);
-        SessionUse { session }
-    }
-
-    pub fn session(&self) -> &SshHandle {
-        &self.session
-    }
-}
-
-impl Drop for SessionUse {
-    fn drop(&mut self) {
-        self.session.busy.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 pub type SshHandle = Arc<PooledSession>;
@@ -163,9 +136,10 @@ impl Pool {
         SessionChanges { slots }
     }
 
-    /// The live session with the fewest connections still sending, ties to
-    /// the first ([`least_busy`]); waits up to `grace` when none is up.
-    pub async fn session(&self, grace: Duration) -> Option<SessionUse> {
+    /// The first live session not held back by a slow reader, else the
+    /// first live one ([`first_not_behind`]); waits up to `grace` when none
+    /// is up.
+    pub async fn session(&self, grace: Duration) -> Option<SshHandle> {
         // A session is up: no watchers to clone (the loop's are taken
         // before its pick, so that no change between the two is missed).
         if let Some(found) = self.pick() {
@@ -189,10 +163,8 @@ impl Pool {
         }
     }
 
-    /// The [`least_busy`] live session, counted as used from here on. Two
-    /// connections accepted at the same moment may both see the same count
-    /// and share a session: the balance is a preference, not a rule.
-    fn pick(&self) -> Option<SessionUse> {
+    /// The live session [`first_not_behind`] chooses.
+    fn pick(&self) -> Option<SshHandle> {
         let live: Vec<Option<SshHandle>> = self
             .slots
             .iter()
@@ -203,34 +175,40 @@ impl Pool {
                     .cloned()
             })
             .collect();
-        let chosen = least_busy(
-            live.iter()
-                .map(|h| h.as_ref().map(|h| h.busy.load(Ordering::Relaxed))),
-        )?;
-        live.into_iter().nth(chosen).flatten().map(SessionUse::new)
+        let chosen = first_not_behind(live.iter().map(|h| h.as_ref().map(|h| h.sinks.behind())))?;
+        live.into_iter().nth(chosen).flatten()
     }
 }
 
-/// Which session a new connection goes to: given each slot's count of
-/// connections still sending (`None` for a slot with no live session), the
-/// index of the lowest count, the first of equals; `None` when no session
-/// is live.
+/// Which session a new connection goes to: given each slot's state
+/// (`None` for a slot with no live session, else whether the session is
+/// [`Sinks::behind`](super::channel_sink::Sinks::behind), holding back for
+/// a slow or stalled reader), the first live slot that is not behind, else
+/// the first live one; `None` when no session is live.
 ///
-/// Why not round-robin: it sends consecutive connections to different
-/// sshd processes. Back to back, a short connection's teardown (EOF, then
-/// CLOSE each way) overlaps the next one, which one session reads in one
-/// pass of sshd's loop, as for `ssh -L`; spaced out, each connection found
-/// a process (and a path in the agent) that had slept. Connections 2 ms
-/// apart took 1.10-1.16x `ssh -L`'s time on 2 cores, 1.02-1.05x this way
-/// (BENCHMARKS.md, Tunnel, issue 12, eighth run). Parallel transfers still
-/// spread over every session, one sshd process each.
-pub fn least_busy(counts: impl IntoIterator<Item = Option<usize>>) -> Option<usize> {
-    counts
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, count)| Some((count?, i)))
-        .min()
-        .map(|(_, i)| i)
+/// Why every connection on one session, as `ssh -L` carries them: with
+/// four downloads spread over two sessions (two sshd processes, each
+/// waking the agent in turn) the agent slept twice as often per GB as
+/// `ssh -L` and the tunnel client cost 0.90-1.05x `ssh -L`'s CPU per GB;
+/// on one session 0.80-0.83x, with both load tools, at the same
+/// throughput and latency (BENCHMARKS.md, Tunnel, issue 12, thirteenth
+/// run). Short connections one after another share a warm session too
+/// (eighth run). The other sessions stand by: they take new connections
+/// while the first is down or behind, so a reader that stops (a paused
+/// pager on `kubectl logs -f`) does not make new connections wait for the
+/// session to give up on it.
+pub fn first_not_behind(slots: impl IntoIterator<Item = Option<bool>>) -> Option<usize> {
+    let mut first_live = None;
+    for (i, behind) in slots.into_iter().enumerate() {
+        match behind {
+            Some(false) => return Some(i),
+            Some(true) => {
+                first_live.get_or_insert(i);
+            }
+            None => {}
+        }
+    }
+    first_live
 }
 
 /// Changes of the pool's session slots, from [`Pool::subscribe`].
@@ -297,7 +275,6 @@ async fn supervise(
                     handle: session.handle,
                     sinks: session.sinks,
                     since: SystemTime::now(),
-                    busy: AtomicUsize::new(0),
                 });
                 if config.tuning.sshd_tcp_nodelay {
                     // Beside the tunnel, not before it: connections need not
@@ -392,21 +369,32 @@ async fn resolve(config: &PoolConfig) -> Result<ResolvedHost, ClientConfigError>
 
 #[cfg(test)]
 mod tests {
-    use super::least_busy;
+    use super::first_not_behind;
 
     #[test]
-    fn the_least_busy_live_session_wins_and_ties_go_to_the_first() {
-        assert_eq!(least_busy([Some(0), Some(0)]), Some(0));
-        assert_eq!(least_busy([Some(1), Some(0)]), Some(1));
-        assert_eq!(least_busy([Some(2), Some(1), Some(1)]), Some(1));
-        assert_eq!(least_busy([Some(3), Some(5), Some(4)]), Some(0));
+    fn the_first_live_session_not_behind_wins() {
+        assert_eq!(first_not_behind([Some(false), Some(false)]), Some(0));
+        assert_eq!(first_not_behind([Some(true), Some(false)]), Some(1));
+        assert_eq!(
+            first_not_behind([Some(true), Some(false), Some(false)]),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn when_every_live_session_is_behind_the_first_live_one_wins() {
+        assert_eq!(first_not_behind([Some(true), Some(true)]), Some(0));
+        assert_eq!(first_not_behind([None, Some(true), Some(true)]), Some(1));
     }
 
     #[test]
     fn slots_without_a_live_session_are_skipped() {
-        assert_eq!(least_busy([None, Some(7)]), Some(1));
-        assert_eq!(least_busy([None, Some(2), None, Some(1)]), Some(3));
-        assert_eq!(least_busy([None, None]), None);
-        assert_eq!(least_busy(std::iter::empty()), None);
+        assert_eq!(first_not_behind([None, Some(false)]), Some(1));
+        assert_eq!(
+            first_not_behind([None, Some(true), None, Some(false)]),
+            Some(3)
+        );
+        assert_eq!(first_not_behind([None, None]), None);
+        assert_eq!(first_not_behind(std::iter::empty()), None);
     }
 }
