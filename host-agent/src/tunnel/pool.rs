@@ -188,12 +188,13 @@ impl Pool {
 ///
 /// Why every connection on one session, as `ssh -L` carries them: with
 /// four downloads spread over two sessions (two sshd processes, each
-/// waking the agent in turn) the agent slept twice as often per GB as
-/// `ssh -L` and the tunnel client cost 0.90-1.05x `ssh -L`'s CPU per GB;
-/// on one session 0.80-0.83x, with both load tools, at the same
-/// throughput and latency (BENCHMARKS.md, Tunnel, issue 12, thirteenth
-/// run). Short connections one after another share a warm session too
-/// (eighth run). The other sessions stand by: they take new connections
+/// waking the agent in turn) the agent slept 2.5-3x as often per GB as
+/// `ssh -L`, and the tunnel client cost 1.01x / 0.87x `ssh -L`'s CPU per
+/// GB (the bench's readers / iperf3, median of five runs), the whole path
+/// 1.01x / 0.98x; on one session 0.83x / 0.82x and 0.94x / 0.95x (four
+/// runs), at the same throughput and latency (BENCHMARKS.md, Tunnel,
+/// issue 12, thirteenth run). Short connections one after another share a
+/// warm session too (eighth run). The other sessions stand by: they take new connections
 /// while the first is down or behind, so a reader that stops (a paused
 /// pager on `kubectl logs -f`) does not make new connections wait for the
 /// session to give up on it.
