@@ -194,10 +194,10 @@ impl Pool {
 /// 1.01x / 0.98x; on one session 0.83x / 0.82x and 0.94x / 0.95x (four
 /// runs), at the same throughput and latency (BENCHMARKS.md, Tunnel,
 /// issue 12, thirteenth run). Short connections one after another share a
-/// warm session too (eighth run). The other sessions stand by: they take new connections
-/// while the first is down or behind, so a reader that stops (a paused
-/// pager on `kubectl logs -f`) does not make new connections wait for the
-/// session to give up on it.
+/// warm session too (eighth run). The other sessions stand by: they take
+/// new connections while the first is down or behind, so a reader that
+/// stops (a paused pager on `kubectl logs -f`) does not make new
+/// connections wait for the session to give up on it.
 pub fn first_not_behind(slots: impl IntoIterator<Item = Option<bool>>) -> Option<usize> {
     let mut first_live = None;
     for (i, behind) in slots.into_iter().enumerate() {
