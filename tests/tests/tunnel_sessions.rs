@@ -167,7 +167,12 @@ fn new_connections_go_to_the_first_session_unless_a_slow_reader_holds_it_back() 
     // A slow reader on that session: once it has more than 256 KiB unread,
     // new connections go to the session standing by, and stay there while
     // it lags.
+    // Reading from the start: a client that reads nothing within the
+    // session's first pause (1 s) counts as stalled and is cut, which would
+    // end the test's slow reader before it could hold the session back.
     let slow = TcpStream::connect(("127.0.0.1", slow_port)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = slow_reader(slow, stop.clone());
     wait_until(
         Duration::from_secs(10),
         || sshd_sockets_to(endless).len() == 1,
@@ -178,8 +183,6 @@ fn new_connections_go_to_the_first_session_unless_a_slow_reader_holds_it_back() 
         slow_socket.1, first,
         "the slow reader is on the first session"
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = slow_reader(slow, stop.clone());
     let mut second = first;
     wait_until(
         Duration::from_secs(10),

@@ -188,7 +188,7 @@ impl Pool {
 ///
 /// Why every connection on one session, as `ssh -L` carries them: with
 /// four downloads spread over two sessions (two sshd processes, each
-/// waking the agent in turn) the agent slept 2.5-3x as often per GB as
+/// waking the agent in turn) the agent slept 2-3x as often per GB as
 /// `ssh -L`, and the tunnel client cost 1.01x / 0.87x `ssh -L`'s CPU per
 /// GB (the bench's readers / iperf3, median of five runs), the whole path
 /// 1.01x / 0.98x; on one session 0.83x / 0.82x and 0.94x / 0.95x (four
